@@ -1,0 +1,38 @@
+"""hope_megatron: HOPE (Nested Learning: self-modifying Titans + Continuum Memory System) on megatron-core.
+
+`pip install -e .` works on a CPU machine: Transformer Engine and apex are never needed to import the package,
+preprocess data, convert checkpoints or run the CPU tests. Install torch first (see the Makefile / README) so that
+pip never swaps your torch build for another one.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="hope_megatron",
+    version="0.1.0",
+    description="Google's HOPE architecture (Nested Learning, NeurIPS 2025) trained with megatron-core: TP/PP/DP, "
+                "indexed datasets, resharding checkpoints, plain-PyTorch export and evaluation.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.12",  # megatron-core 0.16.1 is the newest release for Python 3.11 (0.17 needs 3.12)
+    packages=find_packages(include=["hope_megatron", "hope_megatron.*"]),
+    install_requires=[
+        "torch>=2.6",
+        "megatron-core==0.16.1",
+        "numpy",
+        "sentencepiece",
+        "nltk",
+        "tensorboard",
+        "psutil",  # dist_checkpointing's torch_dist save needs it; megatron-core does not declare it
+        "pyyaml",
+        "safetensors",
+    ],
+    extras_require={
+        # GPU clusters only: the window megatron-core 0.16.1 supports. NVIDIA apex is optional and never required
+        # (and the PyPI package called `apex` is an unrelated web toolkit: never install it).
+        "gpu": ["transformer-engine[pytorch]>=2.9.0a0,<2.12.0"],
+        "eval": ["lm-eval>=0.4.5,<0.5", "matplotlib", "pyarrow"],
+        "dev": ["pytest>=8", "matplotlib", "pyarrow"],
+    },
+    entry_points={"console_scripts": ["hope-train=hope_megatron.train:main"]},
+)
