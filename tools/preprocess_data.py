@@ -13,7 +13,6 @@ Exit codes: 0 done, 2 bad arguments, 3 bad input (malformed JSON, missing key, i
 from __future__ import annotations
 
 import argparse
-import glob
 import multiprocessing
 import os
 import sys
@@ -26,12 +25,11 @@ warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not i
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from hope_megatron.data import document_encoder as enc  # noqa: E402
+from hope_megatron.data.corpus_files import CorpusError, expand_inputs  # noqa: E402
 from hope_megatron.data.indexed import AtomicIndexedWriter, output_prefix, token_dtype  # noqa: E402
 from hope_megatron.data.tokenizers import TOKENIZER_TYPES, build_tokenizer  # noqa: E402
 
 EXIT_ARGS, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 3, 130
-JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
-TEXT_SUFFIXES = (".txt", ".text", ".md", ".txt.gz")
 
 
 class ArgError(Exception):
@@ -73,25 +71,10 @@ def get_args(argv=None):
 
 def check_args(args) -> dict:
     """Every check that can fail, before any output is touched. Returns the resolved plan."""
-    paths = []
-    for pattern in args.input:
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-        matches = [m for m in matches if os.path.isfile(m)]
-        if not matches:
-            raise ArgError(f"--input {pattern} matches no file; check the path or quote the glob.")
-        paths.extend(m for m in matches if m not in paths)
-    formats = []
-    for path in paths:
-        if args.input_format != "auto":
-            formats.append(args.input_format)
-        elif path.endswith(JSONL_SUFFIXES):
-            formats.append("jsonl")
-        elif path.endswith(TEXT_SUFFIXES):
-            formats.append("text")
-        else:
-            raise ArgError(f"cannot tell whether {path} is jsonl or text from its suffix; pass --input-format.")
-        if not os.access(path, os.R_OK):
-            raise ArgError(f"--input {path} is not readable.")
+    try:
+        paths, formats = expand_inputs(args.input, args.input_format)
+    except CorpusError as err:
+        raise ArgError(str(err)) from err
     if len(set(args.json_keys)) != len(args.json_keys) or any(not k or "/" in k for k in args.json_keys):
         raise ArgError(f"--json-keys {args.json_keys} must be distinct non-empty names without '/'.")
     if "text" in formats and len(args.json_keys) != 1:
