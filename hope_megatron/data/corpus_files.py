@@ -40,9 +40,10 @@ def expand_inputs(patterns, input_format: str = "auto"):
     return paths, formats
 
 
-def iter_texts(paths, formats, json_keys=("text",), text_unit: str = "file", skip_bad: bool = False, bad=None):
-    """Yield (path, line, key, text) for every key of every document; bad lines raise CorpusError
-    (or, with skip_bad, are counted in the `bad` Counter by reason)."""
+def iter_texts(paths, formats, json_keys=("text",), text_unit: str = "file", skip_bad: bool = False, bad=None,
+               with_object: bool = False):
+    """Yield (path, line, key, text) for every key of every document, plus the parsed jsonl object (None for
+    text) with_object; bad lines raise CorpusError (or, with skip_bad, are counted in `bad` by reason)."""
     for fi, line, raw in iter_records(paths, formats, text_unit):
         where = f"{paths[fi]}:{line}"
         try:
@@ -53,7 +54,7 @@ def iter_texts(paths, formats, json_keys=("text",), text_unit: str = "file", ski
                 continue
             raise CorpusError(f"{where}: invalid UTF-8 at offset {err.start}; fix the file or pass --skip-bad-lines.")
         if formats[fi] == "text":
-            yield paths[fi], line, json_keys[0], text
+            yield (paths[fi], line, json_keys[0], text) + ((None,) if with_object else ())
             continue
         if not text.strip():
             continue
@@ -72,4 +73,4 @@ def iter_texts(paths, formats, json_keys=("text",), text_unit: str = "file", ski
             detail = f"key {err} missing" if isinstance(err, KeyError) else str(err)
             raise CorpusError(f"{where}: {detail}; fix the file or pass --skip-bad-lines.") from err
         for key, value in values:
-            yield paths[fi], line, key, value
+            yield (paths[fi], line, key, value) + ((obj,) if with_object else ())
