@@ -33,7 +33,11 @@ EXIT_ARGS, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 3, 130
 
 
 class ArgError(Exception):
-    pass
+    """A bad flag or file argument (exit code 2)."""
+
+
+class BadInputError(Exception):
+    """A bad input record (exit code 3)."""
 
 
 def get_args(argv=None):
@@ -154,8 +158,7 @@ def run(args, plan) -> int:
             if res.reason is not None:
                 where = f"{plan['paths'][res.file_index]}:{res.line}"
                 if res.reason != "blank_line" and not args.skip_bad_lines:
-                    print(f"error: {where}: {res.message}; fix the input or pass --skip-bad-lines.", file=sys.stderr)
-                    raise SystemExit(EXIT_BAD_INPUT)
+                    raise BadInputError(f"{where}: {res.message}; fix the input or pass --skip-bad-lines.")
                 skipped[res.reason] += 1
                 if res.reason != "blank_line" and skipped[res.reason] <= 5:
                     print(f"warning: skipped {where}: {res.message}", file=sys.stderr, flush=True)
@@ -195,6 +198,9 @@ def main(argv=None) -> int:
         return EXIT_ARGS
     try:
         return run(args, plan)
+    except BadInputError as err:
+        print(f"error: {err} No output was written.", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted: no output written (temporary files removed).", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -125,7 +125,8 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:  # sentencepiece reports e.g. a vocabulary too large for the sample
-        print(f"error: SentencePiece training failed: {err}; lower --vocab-size or give more text.", file=sys.stderr)
+        print(f"error: SentencePiece training failed: {err}. With byte fallback --vocab-size must exceed 256 + the "
+              "distinct characters, and stay below what the text supports.", file=sys.stderr)
         return 2
     train_s = time.monotonic() - start - read_s
     os.makedirs(out_dir, exist_ok=True)
