@@ -1,7 +1,7 @@
 """Thin tokenizers for preprocessing and megatron-core's GPTDataset.
 
-Each tokenizer exposes ``vocab_size``, ``eod``, ``pad``, ``tokenize(text) -> list[int]`` and
-``detokenize(ids) -> str``: the duck type GPTDatasetConfig reads (``vocab_size``, ``eod``, ``pad``).
+Each tokenizer exposes ``vocab_size``, ``eod``, ``pad``, ``tokenize(text) -> list[int]``,
+``detokenize(ids) -> str`` and ``unique_identifiers``: the duck type megatron's GPTDataset reads.
 ``pad`` is -1 (megatron's "no pad token" value) unless the vocabulary has a real pad piece that
 encoding never produces, so GPTDataset never masks real tokens.
 
@@ -50,6 +50,8 @@ class SentencePieceTokenizer:
         self.eod = eod
         pad = self._sp.pad_id()
         self.pad = pad if 0 <= pad < self.vocab_size and pad != eod else NO_PAD
+        # megatron datasets hash this into their cache names (MegatronDataset.unique_identifiers)
+        self.unique_identifiers = {"class": type(self).__name__, "model": os.path.abspath(model_path), "eod": eod}
 
     def tokenize(self, text: str) -> list[int]:
         return self._sp.encode(text, out_type=int)
@@ -96,6 +98,8 @@ class GPT2BPETokenizer:
         self.pad = NO_PAD
         self._pat = regex.compile(self._PATTERN)
         self._cache: dict[str, list[str]] = {}
+        self.unique_identifiers = {"class": type(self).__name__, "vocab_file": os.path.abspath(vocab_file),
+                                   "merge_file": os.path.abspath(merge_file)}
 
     def _bpe(self, word: str) -> list[str]:
         if word in self._cache:
@@ -139,6 +143,7 @@ class NullTokenizer:
         self.eod = int(vocab_size)
         self.vocab_size = int(vocab_size) + 1
         self.pad = NO_PAD
+        self.unique_identifiers = {"class": type(self).__name__, "vocab_size": self.vocab_size}
 
     def tokenize(self, text: str) -> list[int]:
         ids = [int(t) for t in text.split()]
