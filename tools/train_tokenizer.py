@@ -133,7 +133,9 @@ def main(argv=None) -> int:
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_proto=proto)
-    vocab_lines = [f"{sp.id_to_piece(i)}\t{sp.get_score(i)}\n" for i in range(sp.get_piece_size())]
+    # one "piece<TAB>score" line per id; the "\n" piece is written escaped so the file stays one line per id
+    escape = str.maketrans({"\n": "\\n", "\t": "\\t", "\\": "\\\\"})
+    vocab_lines = [f"{sp.id_to_piece(i).translate(escape)}\t{sp.get_score(i)}\n" for i in range(sp.get_piece_size())]
     meta = {
         "tokenizer_type": "SentencePieceTokenizer", "model_type": args.model_type, "vocab_size": sp.get_piece_size(),
         "eod_id": EOD_ID, "pad_id": SPECIAL["pad_id"], "unk_id": SPECIAL["unk_id"], "bos_id": SPECIAL["bos_id"],
