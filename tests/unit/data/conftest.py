@@ -20,6 +20,7 @@ def load_tool(name: str):
         sys.path.insert(0, tools_dir)
     spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(tools_dir, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module through sys.modules
     spec.loader.exec_module(module)
     return module
 
