@@ -43,8 +43,10 @@ def advance_token_loop(ws: Sequence[torch.Tensor], ms: Sequence[torch.Tensor],
                 u_t, z_t = u[..., t, :], z[..., t, :]                     # [B, H, d_out], [B, H, d_in]
                 a_t, l_t, e_t = alpha[..., t, None, None], lam[..., t, None, None], eta[..., t, None, None]
                 m = beta * m + u_t[..., :, None] * z_t[..., None, :]     # m_t = β m_{t−1} + G_t
-                wz = (w @ z_t[..., :, None])                              # W_{t−1} ẑ_t
-                w = a_t * w - l_t * (wz * z_t[..., None, :]) - e_t * m   # W_{t−1}(α_t I − λ_t ẑẑᵀ) − η_t m_t
+                wz = (w * z_t[..., None, :]).sum(-1, keepdim=True)        # W_{t−1} ẑ_t
+                # W_t = W_{t−1}(α_t I − λ_t ẑ_t ẑ_tᵀ) − η_t m_t, with W_{t−1} ẑ_t ẑ_tᵀ as an outer product
+                # (λ_t scales the vector first, so autograd keeps no extra state-sized tensor per token)
+                w = a_t * w - (l_t * wz) * z_t[..., None, :] - e_t * m
             w_out.append(w)
             m_out.append(m)
         new_ws.append(torch.stack(w_out))

@@ -143,12 +143,23 @@ def _mem_chunk(ws, ms, q_c, kvea_c, prefix, *, cfg, advance, write):
 
 
 def _chunks(position: int, length: int, size: int):
-    """(start, stop, closes) of each chunk piece of tokens position..position+length−1 on a grid of `size`."""
-    start, phase = 0, position % size
+    """[(n_tokens, closes)] of each chunk piece of tokens position..position+length−1 on a grid of `size`."""
+    out, start, phase = [], 0, position % size
     while start < length:
         stop = min(start + size - phase, length)
-        yield start, stop, phase + stop - start == size
+        out.append((stop - start, phase + stop - start == size))
         start, phase = stop, 0
+    return out
+
+
+def _split(t: Optional[torch.Tensor], sizes: List[int], dim: int = 2):
+    """Chunk pieces by one split (its backward is one cat, not a full-size zero fill per slice)."""
+    return [None] * len(sizes) if t is None else list(torch.split(t, sizes, dim=dim))
+
+
+def _split_dict(d: Dict[str, torch.Tensor], sizes: List[int]) -> List[Dict[str, torch.Tensor]]:
+    parts = {c: _split(t, sizes) for c, t in d.items()}
+    return [{c: parts[c][i] for c in d} for i in range(len(sizes))]
 
 
 def _run(fn, recompute, *args):
@@ -223,12 +234,13 @@ def titans_memory(x: torch.Tensor, q: torch.Tensor, params: Dict[str, torch.Tens
         ws, ms = _stack(state, names, "weights"), _stack(state, names, "momentum")
         prefix = _tail(state.pending, pos % cfg.proj_chunk)
         pieces, q_pieces = [], []
-        for a, b, closes in _chunks(pos, length, cfg.proj_chunk):
-            write = closes and (return_state or b < length)  # the last write matters only to a returned state
+        grid = _chunks(pos, length, cfg.proj_chunk)
+        sizes = [n for n, _ in grid]
+        inputs = zip(_split(xs, sizes), _split(qs, sizes), _split_dict(st, sizes), _split(masks, sizes, dim=3))
+        for i, ((_, closes), (x_c, q_c, st_c, mask_c)) in enumerate(zip(grid, inputs)):
+            write = closes and (return_state or i < len(grid) - 1)  # the last write matters only to a returned state
             fn = partial(_proj_chunk, names=names, cfg=cfg, advance=advance, write=write)
-            new, qr, ws, ms = _run(fn, recompute, ws, ms, xs[:, :, a:b], qs[:, :, a:b],
-                                   {c: t[:, :, a:b] for c, t in st.items()},
-                                   None if masks is None else masks[:, :, :, a:b], prefix, p)
+            new, qr, ws, ms = _run(fn, recompute, ws, ms, x_c, q_c, st_c, mask_c, prefix, p)
             pieces.append(new)
             q_pieces.append(qr)
             prefix = {}
@@ -241,10 +253,12 @@ def titans_memory(x: torch.Tensor, q: torch.Tensor, params: Dict[str, torch.Tens
     ws, ms = _stack(state, ("mem",), "weights"), _stack(state, ("mem",), "momentum")
     prefix = _tail(state.pending, pos % cfg.mem_chunk)
     ys = []
-    for a, b, closes in _chunks(pos, length, cfg.mem_chunk):
-        write = closes and (return_state or b < length or cfg.read_after_update)
+    grid = _chunks(pos, length, cfg.mem_chunk)
+    sizes = [n for n, _ in grid]
+    for i, ((_, closes), q_c, kvea_c) in enumerate(zip(grid, _split(q_read, sizes), _split_dict(kvea, sizes))):
+        write = closes and (return_state or i < len(grid) - 1 or cfg.read_after_update)
         fn = partial(_mem_chunk, cfg=cfg, advance=advance, write=write)
-        y, ws, ms = _run(fn, recompute, ws, ms, q_read[:, :, a:b], {c: t[:, :, a:b] for c, t in kvea.items()}, prefix)
+        y, ws, ms = _run(fn, recompute, ws, ms, q_c, kvea_c, prefix)
         ys.append(y)
         prefix = {}
     y = torch.cat(ys, dim=2).to(x.dtype) if ys else x.new_zeros(x.shape)
