@@ -1,0 +1,254 @@
+"""The level-gated CMS optimizer step (hope_math.md §4.3) on top of megatron-core's optimizer.
+
+Parameters outside the CMS levels step every iteration. CMS level ℓ with period P_ℓ and warmup W_ℓ:
+  i < W_ℓ                         frozen: gradient discarded, parameters and optimizer state unchanged;
+  i ≥ W_ℓ                         A_ℓ += g_ℓ(i), the gradient after DP reduction and after the global clip;
+  (i − W_ℓ + 1) mod P_ℓ == 0      fire: one AdamW step with ḡ = A_ℓ / n_ℓ (n_ℓ = P_ℓ gradients accumulated since
+                                  the last firing) at the LR schedule's value at i; A_ℓ ← 0.
+Firing depends on the global iteration i only, so every TP/PP/DP rank agrees without communication.
+
+Mechanism: `gated_step` reproduces megatron's ChainedOptimizer.step (prepare grads -> global grad norm -> clip ->
+inner step) and, between the clip and the inner step, accumulates every CMS main parameter's (clipped) gradient and
+sets `.grad = None` on the levels that do not fire. torch's AdamW skips parameters without a gradient entirely, so
+their moments, their per-parameter `step` (the bias-correction count s_ℓ) and their decoupled weight decay move only
+on firing iterations. The gate works on the optimizer's *main* parameters, so it covers the FP32, the mixed-precision
+and the distributed optimizer (where the main parameters and the accumulators are this DP rank's shards).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class LevelClock:
+    """When CMS level ℓ is frozen / accumulating / firing, from the global iteration alone (hope_math §4.3)."""
+
+    period: int
+    warmup: int = 0
+
+    def __post_init__(self):
+        if self.period < 1 or self.warmup < 0:
+            raise ValueError(f"a CMS level needs period >= 1 and warmup >= 0, got period={self.period}, "
+                             f"warmup={self.warmup}.")
+
+    def frozen(self, i: int) -> bool:
+        return i < self.warmup
+
+    def fires(self, i: int) -> bool:
+        return i >= self.warmup and (i - self.warmup + 1) % self.period == 0
+
+    def firings_before(self, i: int) -> int:
+        """Number of firing iterations in [0, i)."""
+        return max(0, (i - self.warmup) // self.period)
+
+
+def _sub_optimizers(optimizer):
+    return list(getattr(optimizer, "chained_optimizers", [optimizer]))
+
+
+def main_model_pairs(optimizer) -> List[Tuple[torch.Tensor, torch.nn.Parameter, object]]:
+    """[(main_param, model_param, sub_optimizer)] for every parameter the (chained) megatron optimizer steps."""
+    pairs = []
+    for opt in _sub_optimizers(optimizer):
+        if getattr(opt, "is_stub_optimizer", False):
+            continue
+        if hasattr(opt, "shard_fp32_from_float16_groups"):  # DistributedOptimizer: this DP rank's shards
+            groups = list(zip(opt.model_float16_groups, opt.shard_fp32_from_float16_groups)) + \
+                list(zip(opt.model_fp32_groups, opt.shard_fp32_groups))
+        elif hasattr(opt, "fp32_from_float16_groups"):  # Float16OptimizerWithFloat16Params
+            groups = list(zip(opt.float16_groups, opt.fp32_from_float16_groups)) + \
+                [(g, g) for g in opt.fp32_from_fp32_groups]
+        else:  # FP32Optimizer: main params are the model params
+            groups = [(g["params"], g["params"]) for g in opt.optimizer.param_groups]
+        for model_group, main_group in groups:
+            for model_p, main_p in zip(model_group, main_group):
+                pairs.append((main_p, model_p, opt))
+    return pairs
+
+
+def param_names(model_chunks) -> dict:
+    """id(model param) -> its name inside the GPTModel (DDP's leading "module." removed)."""
+    names = {}
+    for chunk in model_chunks:
+        for name, p in chunk.named_parameters():
+            while name.startswith("module."):
+                name = name[len("module."):]
+            names[id(p)] = name
+    return names
+
+
+@dataclasses.dataclass
+class _Entry:
+    level: int
+    name: str
+    main: torch.Tensor
+    model: torch.nn.Parameter
+    opt: object
+    acc: torch.Tensor  # fp32, the main parameter's shape (a DP shard under the distributed optimizer)
+
+
+class CMSGate:
+    """Accumulators A_ℓ, counts n_ℓ and firing counts for the CMS levels of one model, over one megatron optimizer."""
+
+    def __init__(self, optimizer, model_chunks, level_of: Callable[[str], Optional[int]],
+                 schedule: Sequence[Tuple[int, int]]):
+        self.clocks = [LevelClock(int(p), int(w)) for p, w in schedule]
+        self.optimizer = optimizer
+        names = param_names(model_chunks)
+        self.entries: List[_Entry] = []
+        for main, model, opt in main_model_pairs(optimizer):
+            name = names.get(id(model))
+            level = level_of(name) if name is not None else None
+            if level is None:
+                continue
+            if level >= len(self.clocks):
+                raise ValueError(f"parameter {name} belongs to CMS level {level} but only {len(self.clocks)} "
+                                 f"periods were given; pass --cms-periods with one period per level.")
+            self.entries.append(_Entry(level, name, main, model, opt,
+                                       torch.zeros(main.shape, dtype=torch.float32, device=main.device)))
+        self.counts = [0] * len(self.clocks)  # n_ℓ: gradients accumulated since the last firing
+        self.firings = [0] * len(self.clocks)  # s_ℓ: optimizer steps taken by the level
+        self.last_update_norm = [0.0] * len(self.clocks)
+        self._before = {}
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.clocks)
+
+    def levels_present(self) -> List[int]:
+        return sorted({e.level for e in self.entries})
+
+    @torch.no_grad()
+    def before_inner_step(self, i: int) -> List[int]:
+        """Called after the clip, before the inner optimizer step; returns the levels firing at iteration i."""
+        firing = [lvl for lvl, c in enumerate(self.clocks) if c.fires(i)]
+        accumulating = [lvl for lvl, c in enumerate(self.clocks) if not c.frozen(i)]
+        self._before = {}
+        for e in self.entries:
+            clock = self.clocks[e.level]
+            grad = e.main.grad
+            if clock.frozen(i):
+                e.main.grad = None  # §4.3: frozen while i < W_ℓ; the gradient is discarded
+                continue
+            if grad is not None:
+                e.acc.add_(grad.float())
+            if e.level in firing:
+                n = self.counts[e.level] + 1
+                e.main.grad = (e.acc / n).to(e.main.dtype)  # ḡ = A_ℓ / P_ℓ
+                self._before[id(e.main)] = e.main.detach().float().clone()
+            else:
+                e.main.grad = None  # parameters and optimizer state untouched until the level fires
+        for lvl in accumulating:
+            self.counts[lvl] += 1
+        return firing
+
+    @torch.no_grad()
+    def after_inner_step(self, firing: List[int]) -> None:
+        sq = [0.0] * self.num_levels
+        for e in self.entries:
+            if e.level in firing:
+                before = self._before.pop(id(e.main), None)
+                if before is not None and _counts_for_norm(e.model):
+                    sq[e.level] += float((e.main.detach().float() - before).pow(2).sum())
+                e.acc.zero_()
+        for lvl in firing:
+            self.counts[lvl] = 0
+            self.firings[lvl] += 1
+        self.last_update_norm = _allreduce_norms(sq, self._distributed())
+
+    def _distributed(self) -> bool:
+        return any(hasattr(e.opt, "shard_fp32_from_float16_groups") for e in self.entries)
+
+    # ---------------------------------------------------------------------------------------------- checkpoint
+    def state_dict(self) -> dict:
+        return {"schedule": [[c.period, c.warmup] for c in self.clocks], "counts": list(self.counts),
+                "firings": list(self.firings)}
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = [tuple(x) for x in state["schedule"]]
+        mine = [(c.period, c.warmup) for c in self.clocks]
+        counts = list(state["counts"])
+        if saved != mine and any(counts):
+            raise ValueError(f"the checkpoint's CMS accumulators were built under (period, warmup) {saved} but this "
+                             f"run uses {mine}; resume with the saved --cms-periods/--cms-warmup or start from a "
+                             f"checkpoint taken right after all levels fired.")
+        n = self.num_levels
+        self.counts = (counts + [0] * n)[:n]
+        self.firings = (list(state["firings"]) + [0] * n)[:n]
+
+    def sharded_accumulators(self, model_sharded_state_dict, prefix: str = "cms_accumulator") -> dict:
+        """A_ℓ as ShardedTensors laid out exactly like their parameters, so they reshard with TP/PP (§7.1)."""
+        from megatron.core.dist_checkpointing.optimizer import get_param_id_to_sharded_param_map, \
+            make_sharded_optimizer_tensor
+
+        if not self.entries:
+            return {}
+        if self._distributed():
+            raise NotImplementedError(
+                "saving CMS accumulators with --use-distributed-optimizer is not supported yet; train the CMS "
+                "model without --use-distributed-optimizer when checkpoints are needed.")
+        id_map = get_param_id_to_sharded_param_map(model_sharded_state_dict, [e.model for e in self.entries])
+        out = {}
+        for idx, e in enumerate(self.entries):
+            sh = id_map.get(idx)
+            if sh is None:
+                raise RuntimeError(f"CMS parameter {e.name} has no entry in the model's sharded state dict.")
+            out[e.name] = make_sharded_optimizer_tensor(sh, e.acc, prefix)
+        return out
+
+    @torch.no_grad()
+    def load_accumulators(self, loaded: dict) -> None:
+        for e in self.entries:
+            if e.name in loaded:
+                e.acc.copy_(loaded[e.name].to(e.acc.dtype).view_as(e.acc))
+
+
+def _counts_for_norm(param) -> bool:
+    from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
+
+    return bool(param_is_not_tensor_parallel_duplicate(param))
+
+
+def _allreduce_norms(sq: List[float], distributed_opt: bool) -> List[float]:
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+
+    if not sq:
+        return []
+    t = torch.tensor(sq, dtype=torch.float64)
+    if dist.is_initialized():
+        group = None if distributed_opt else ps.get_model_parallel_group()
+        dist.all_reduce(t, group=group)
+    return [math.sqrt(max(float(x), 0.0)) for x in t]
+
+
+@torch.no_grad()
+def gated_step(optimizer, gate: Optional[CMSGate], iteration: int):
+    """One optimizer step at global iteration i; returns (stepped, grad_norm, firing_levels).
+
+    The same sequence as megatron's ChainedOptimizer.step, with the CMS gate between clip and step. A non-finite
+    global grad norm skips the whole step (nothing applied, nothing accumulated): the loop counts it.
+    """
+    from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
+
+    found_inf = optimizer.prepare_grads()
+    if found_inf:
+        return False, None, []
+    grad_norm = optimizer.get_grad_norm()
+    if grad_norm is None or not math.isfinite(float(grad_norm)):
+        return False, grad_norm, []
+    for opt in _sub_optimizers(optimizer):
+        if getattr(opt, "is_stub_optimizer", False) or not opt.get_parameters():
+            continue
+        if opt.config.clip_grad > 0.0:
+            clip_grad_by_total_norm_fp32(opt.get_parameters(), max_norm=opt.config.clip_grad, total_norm=grad_norm)
+    firing = gate.before_inner_step(iteration) if gate is not None else []
+    ok = optimizer.step_with_ready_grads()
+    if gate is not None:
+        gate.after_inner_step(firing)
+    return bool(ok), float(grad_norm), firing

@@ -1,0 +1,260 @@
+"""The training loop: megatron-core's schedules, DDP and optimizer, the level-gated CMS step, checkpoints, logs.
+
+`pretrain(args)` is what `python -m hope_megatron.train` runs; tests call it in-process on spawned gloo ranks and read
+the summary it returns (per-iteration losses, grad norms, CMS firings, throughput).
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from functools import partial
+
+import torch
+import torch.distributed as dist
+
+from hope_megatron.training import checkpointing, data, flops
+from hope_megatron.training.arguments import cms_schedule, format_config, resolved_config, validate_args
+from hope_megatron.training.cms_optimizer import CMSGate, gated_step
+from hope_megatron.training.logging import TensorBoard, Throughput, print_rank0, progress_line
+from hope_megatron.training.model_setup import (build_config, build_model_chunks, build_optimizer, build_scheduler,
+                                                 cms_level_fn, count_parameters, wrap_ddp)
+
+
+class _Stop:
+    """SIGTERM/SIGINT set a flag; the loop saves and exits at the end of the iteration (all ranks agree)."""
+
+    def __init__(self, enabled: bool):
+        self.flag = False
+        self._old = {}
+        if enabled:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                try:
+                    self._old[sig] = signal.signal(sig, self._handle)
+                except ValueError:  # not the main thread
+                    pass
+
+    def _handle(self, signum, frame):
+        self.flag = True
+
+    def any_rank(self) -> bool:
+        t = torch.tensor([1.0 if self.flag else 0.0])
+        if dist.is_initialized():
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def restore(self):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def forward_step(data_iterator, model, device=None):
+    """Megatron's forward_step contract: (output, loss_func); the loss is the masked token mean of one micro-batch."""
+    batch = data.get_batch(data_iterator, device)
+    output = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
+    mask = batch["loss_mask"].float()
+
+    def loss_func(output_tensor):
+        losses = output_tensor.float().reshape(-1)
+        loss = (losses * mask.reshape(-1)).sum() / mask.sum().clamp(min=1.0)
+        # schedules divide the returned loss in place by num_microbatches: report a clone (notes §2.4)
+        return loss, {"lm loss": loss.detach().clone()}
+
+    return output, loss_func
+
+
+def _reduce_loss(loss_dicts) -> float:
+    """Mean over micro-batches and DP ranks on the last stage, then shared with every pipeline stage."""
+    from megatron.core import parallel_state as ps
+
+    t = torch.zeros(1, dtype=torch.float64)
+    if ps.is_pipeline_last_stage(ignore_virtual=True) and loss_dicts:
+        t[0] = sum(float(d["lm loss"]) for d in loss_dicts) / len(loss_dicts)
+        dist.all_reduce(t, group=ps.get_data_parallel_group())
+        t /= ps.get_data_parallel_world_size()
+    if ps.get_pipeline_model_parallel_world_size() > 1:
+        dist.all_reduce(t, group=ps.get_pipeline_model_parallel_group())
+    return float(t[0])
+
+
+def _memory_state_norms(model) -> dict:
+    """Per-layer memory-state norms, when the model's mixers expose `memory_state_norm` (cheap: set in forward)."""
+    out = {}
+    for chunk in model:
+        for name, mod in chunk.named_modules():
+            v = getattr(mod, "memory_state_norm", None)
+            if isinstance(v, torch.Tensor) and v.numel() == 1:
+                out[name.replace("module.", "")] = float(v)
+    return out
+
+
+def pretrain(args, level_of=None, hooks=None) -> dict:
+    """Train per `args` (from arguments.parse_args). Returns a summary dict (identical on every rank)."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.distributed import finalize_model_grads
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    from hope_megatron import platform
+
+    validate_args(args)  # one sentence, before any work
+    platform.initialize(args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
+                        args.virtual_pipeline_model_parallel_size, seed=args.seed)
+    device = platform.device()
+    args_dict = resolved_config(args)
+    print_rank0("------------------------ hope-train arguments ------------------------\n" + format_config(args))
+
+    tokenizer = data.build_tokenizer_from_args(args)
+    vocab = data.padded_vocab_size(tokenizer.vocab_size, args.make_vocab_size_divisible_by,
+                                   args.tensor_model_parallel_size)
+    config = build_config(args)
+    torch.manual_seed(args.seed)  # the same full weights on every layout (use_cpu_initialization slices them)
+    chunks = build_model_chunks(args, config, vocab)
+    model = wrap_ddp(args, config, chunks)
+    optimizer = build_optimizer(args, model)
+    scheduler = build_scheduler(args, optimizer)
+    gate = CMSGate(optimizer, model, level_of or cms_level_fn(), cms_schedule(config))
+    if gate.entries:
+        checkpointing.prefill_optimizer_state(optimizer)
+    config.no_sync_func = [m.no_sync for m in model] if len(model) > 1 else model[0].no_sync
+    config.finalize_model_grads_func = finalize_model_grads
+    if args.overlap_grad_reduce:
+        config.grad_sync_func = [m.start_grad_sync for m in model] if len(model) > 1 else model[0].start_grad_sync
+
+    shape = flops.from_args(args, config, vocab)
+    fam = flops.flops_per_iteration(shape, args.global_batch_size)
+    n_params = _global_param_count(chunks)
+    print_rank0(f"vocab {tokenizer.vocab_size} (padded {vocab}) | parameters {n_params:,} | variant "
+                f"{config.hope_variant} | CMS levels (period, warmup) {cms_schedule(config) or 'none'}")
+    print_rank0(flops.format_breakdown(fam))
+    print_rank0(f"MFU peak: {args.peak_flops:.4g} FLOP/s per device (--peak-flops)")
+
+    iteration, consumed = 0, 0
+    if args.load:
+        iteration, consumed = checkpointing.load_checkpoint(args.load, model, optimizer, scheduler, gate, args)
+        print_rank0(f"loaded {args.load} at iteration {iteration} (consumed samples {consumed})")
+
+    train_ds, valid_ds, _ = data.build_datasets(args, tokenizer)
+    vpp = max(len(model), 1)
+    train_iters = [data.build_iterator(train_ds, consumed, args) for _ in range(vpp)]
+    valid_iters = [data.build_iterator(valid_ds, 0, args, cycle=True) for _ in range(vpp)] if valid_ds else None
+    fwd_bwd = get_forward_backward_func()
+    dp = ps.get_data_parallel_world_size()
+    n_micro = args.global_batch_size // (args.micro_batch_size * dp)
+    step_fn = partial(forward_step, device=device)
+
+    def run_schedule(iters, forward_only):
+        return fwd_bwd(forward_step_func=step_fn, data_iterator=iters if vpp > 1 else iters[0], model=model,
+                       num_microbatches=n_micro, seq_length=args.seq_length, micro_batch_size=args.micro_batch_size,
+                       decoder_seq_length=args.seq_length, forward_only=forward_only)
+
+    tb = TensorBoard(args.tensorboard_dir)
+    tb.text("config", "```\n" + format_config(args) + "\n```")
+    thr = Throughput(args.global_batch_size * args.seq_length, fam["total"], dist.get_world_size(), args.peak_flops)
+    stop = _Stop(args.exit_signal_handler)
+    summary = {"losses": {}, "grad_norms": {}, "firings": {}, "valid_losses": {}, "skipped": 0, "tokens_per_s": [],
+               "start_iteration": iteration, "stopped_by": None}
+    skipped_total, consecutive, interval_losses, last_saved = 0, 0, [], None
+
+    def save(it):
+        nonlocal last_saved
+        if args.save and last_saved != it:
+            t0 = time.perf_counter()
+            checkpointing.save_checkpoint(args.save, it, model, optimizer, scheduler, gate, consumed,
+                                          args_dict, save_optim=not args.no_save_optim)
+            last_saved = it
+            print_rank0(f"saved checkpoint {checkpointing.iteration_dir(args.save, it)} "
+                        f"({time.perf_counter() - t0:.1f} s)")
+
+    while iteration < args.train_iters:
+        for m in model:
+            m.train()
+            m.zero_grad_buffer()
+        optimizer.zero_grad()
+        loss_dicts = run_schedule(train_iters, forward_only=False)
+        ok, grad_norm, firing = gated_step(optimizer, gate, iteration)
+        loss = _reduce_loss(loss_dicts)
+        if ok:
+            scheduler.step(increment=1)
+            consecutive = 0
+        else:
+            skipped_total += 1
+            consecutive += 1
+        iteration += 1
+        consumed += args.global_batch_size
+        thr.tick()
+        summary["losses"][iteration] = loss
+        summary["grad_norms"][iteration] = grad_norm
+        if firing:
+            summary["firings"][iteration] = list(firing)
+        interval_losses.append(loss)
+        if hooks is not None and hasattr(hooks, "after_step"):
+            hooks.after_step(iteration - 1, model, optimizer, gate, firing)
+        if gate.entries:
+            tb.cms(iteration, firing, gate.last_update_norm, gate.firings)
+        if iteration % args.log_interval == 0 or iteration == args.train_iters:
+            rates = thr.read()
+            finite = [x for x in interval_losses if math.isfinite(x)]
+            mean_loss = sum(finite) / len(finite) if finite else float("nan")
+            lr = optimizer.param_groups[0]["lr"]
+            print_rank0(progress_line(iteration=iteration, train_iters=args.train_iters, consumed=consumed,
+                                      lr=lr, loss=mean_loss, grad_norm=grad_norm, skipped=skipped_total, **rates))
+            tb.train(iteration, loss=mean_loss, lr=lr, grad_norm=grad_norm, skipped=skipped_total, consumed=consumed,
+                     **{k: rates[k] for k in ("tokens_per_s", "mfu", "ms_per_iter")})
+            if args.log_memory_state_norms:
+                tb.memory_norms(iteration, _memory_state_norms(model))
+            summary["tokens_per_s"].append(rates["tokens_per_s"])
+            interval_losses = []
+        if args.eval_interval and valid_iters and iteration % args.eval_interval == 0:
+            vloss = evaluate(model, valid_iters, run_schedule, args.eval_iters)
+            summary["valid_losses"][iteration] = vloss
+            print_rank0(f" validation at iteration {iteration} | lm loss: {vloss:.9E} | "
+                        f"lm loss PPL: {math.exp(min(vloss, 50.0)):.6E}")
+            tb.validation(iteration, vloss)
+            thr.read()  # evaluation time is not training time
+        if consecutive >= args.max_consecutive_skipped_iters:
+            save(iteration)
+            summary["stopped_by"] = "nan"
+            print_rank0(f"stopping: {consecutive} consecutive iterations had a non-finite loss or gradient norm "
+                        f"(last grad norm {grad_norm}); lower --lr, raise --lr-warmup-iters or check the data.")
+            break
+        if args.save and args.save_interval and iteration % args.save_interval == 0:
+            save(iteration)
+        if stop.any_rank():
+            save(iteration)
+            summary["stopped_by"] = "signal"
+            print_rank0(f"stopping at iteration {iteration}: received SIGTERM/SIGINT (checkpoint saved)")
+            break
+        if args.exit_interval and iteration % args.exit_interval == 0:
+            save(iteration)
+            summary["stopped_by"] = "exit_interval"
+            print_rank0(f"stopping at iteration {iteration}: --exit-interval {args.exit_interval}")
+            break
+    if summary["stopped_by"] is None:
+        save(iteration)
+    stop.restore()
+    tb.close()
+    summary.update(iteration=iteration, consumed=consumed, skipped=skipped_total, cms_firings=list(gate.firings),
+                   cms_counts=list(gate.counts), parameters=n_params, flops_per_iteration=fam["total"])
+    return summary
+
+
+def evaluate(model, valid_iters, run_schedule, eval_iters: int) -> float:
+    for m in model:
+        m.eval()
+    total = 0.0
+    with torch.no_grad():
+        for _ in range(eval_iters):
+            total += _reduce_loss(run_schedule(valid_iters, forward_only=True))
+    for m in model:
+        m.train()
+    return total / max(eval_iters, 1)
+
+
+def _global_param_count(chunks) -> int:
+    from megatron.core import parallel_state as ps
+
+    t = torch.tensor([float(count_parameters(chunks))], dtype=torch.float64)
+    if dist.is_initialized():
+        dist.all_reduce(t, group=ps.get_model_parallel_group())
+    return int(t.item())
