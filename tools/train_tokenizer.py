@@ -120,7 +120,9 @@ def main(argv=None) -> int:
         read_s = time.monotonic() - start
         print(f"[train_tokenizer] {len(sample):,} chunks, {chars / 1e6:.2f} M chars sampled from {total / 1e6:.2f} MB "
               f"in {read_s:.1f} s", file=sys.stderr, flush=True)
+        cpu0 = time.process_time()
         proto = train(args, sample)
+        train_cpu = time.process_time() - cpu0  # all SentencePiece threads: a load-independent cost
     except CorpusError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -142,6 +144,7 @@ def main(argv=None) -> int:
         "byte_fallback": args.byte_fallback, "model_sha256": hashlib.sha256(proto).hexdigest(),
         "sources": paths, "json_keys": args.json_keys, "input_bytes": total, "sampled_chars": chars,
         "sampled_chunks": len(sample), "seed": args.seed, "train_seconds": round(train_s, 2),
+        "train_cpu_seconds": round(train_cpu, 2),
         "skipped_bad_lines": dict(bad),
     }
     # Each file is written to a temporary name and renamed, so a crash never leaves a half-written model.
@@ -151,8 +154,8 @@ def main(argv=None) -> int:
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, args.model_prefix + suffix)
-    print(f"[train_tokenizer] {args.model_type} vocab {sp.get_piece_size()} trained in {train_s:.1f} s "
-          f"({args.num_threads} threads) -> {args.model_prefix}.model (EOD id {EOD_ID})", file=sys.stderr)
+    print(f"[train_tokenizer] {args.model_type} vocab {sp.get_piece_size()} trained in {train_s:.1f} s wall, "
+          f"{train_cpu:.1f} s CPU ({args.num_threads} threads) -> {args.model_prefix}.model (EOD id {EOD_ID})", file=sys.stderr)
     if bad:
         print(f"[train_tokenizer] skipped bad lines: {dict(bad)}", file=sys.stderr)
     return 0

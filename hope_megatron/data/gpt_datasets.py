@@ -53,12 +53,15 @@ def build_gpt_datasets(
     reset_attention_mask: bool = False,
     eod_mask_loss: bool = False,
     create_attention_mask: bool = False,
+    is_built_on_rank=None,
 ):
     """Return (train, valid, test) megatron datasets (None for a split with no samples or off-rank).
 
     data_path: a Megatron blend (see parse_blend); ignored with mock=True (MockGPTDataset).
     split: e.g. "969,30,1". train_valid_test_num_samples: three sample counts.
     tokenizer: an object with vocab_size/eod/pad (hope_megatron.data.build_tokenizer).
+    is_built_on_rank: callable -> bool; default: tensor-parallel rank 0 (every rank when model parallel is off).
+    A cache_dir needs torch.distributed initialised (megatron_core_notes §2.1).
     """
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
@@ -70,6 +73,11 @@ def build_gpt_datasets(
         raise ValueError(f"train_valid_test_num_samples must be three counts >= 0, got {train_valid_test_num_samples}.")
     blend = None if mock else parse_blend(data_path)
     if cache_dir is not None:
+        import torch.distributed as dist
+
+        if blend is not None and len(blend[0]) > 1 and not (dist.is_available() and dist.is_initialized()):
+            raise ValueError("build_gpt_datasets: a blend with cache_dir needs torch.distributed initialised "
+                             "(call platform.initialize first), or pass cache_dir=None.")
         os.makedirs(cache_dir, exist_ok=True)
     config = GPTDatasetConfig(
         random_seed=int(seed),
@@ -85,7 +93,7 @@ def build_gpt_datasets(
         mmap_bin_files=True,
     )
     cls = MockGPTDataset if mock else GPTDataset
-    train, valid, test = BlendedMegatronDatasetBuilder(cls, sizes, _build_on_this_rank, config).build()
+    train, valid, test = BlendedMegatronDatasetBuilder(cls, sizes, is_built_on_rank or _build_on_this_rank, config).build()
     return train, valid, test
 
 

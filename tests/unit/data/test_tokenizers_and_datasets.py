@@ -108,6 +108,8 @@ def test_blend_with_cache_dir_under_a_process_group(preprocess, tmp_path):
 
     a, b = _two_prefixes(preprocess, tmp_path)
     tok = build_tokenizer("NullTokenizer", vocab_size=20)
+    with pytest.raises(ValueError, match="needs torch.distributed initialised"):
+        build_gpt_datasets([a, b], "90,5,5", 16, 7, [20, 2, 2], tok, cache_dir=str(tmp_path / "cache"))
     store = dist.FileStore(str(tmp_path / "store"), 1)
     dist.init_process_group("gloo", store=store, rank=0, world_size=1)
     try:
