@@ -1,0 +1,138 @@
+"""Building blocks of the Titans op: hope_math §8 rows 1-4 (closed-form G, WY identity, chunk advance vs token loop,
+GDN mapping) and the causal conv. err(a, b) = ‖a − b‖ / max(‖b‖, 1e-12)."""
+
+import pytest
+import torch
+
+from hope_megatron.ops import TitansOpConfig, causal_conv1d
+from hope_megatron.ops.chunked import advance_chunk, wy_factor
+from hope_megatron.ops.memory_mlp import clip_chunk_delta, inner_grad_factors, l2norm, memory_eval
+from hope_megatron.ops.naive import advance_token_loop
+
+F64 = torch.float64
+
+
+def err(a, b):
+    return ((a - b).norm() / max(b.norm().item(), 1e-12)).item()
+
+
+@pytest.mark.parametrize("depth,r", [(2, 1), (2, 2), (1, 1)])
+def test_closed_form_inner_gradient_matches_autograd(depth, r):
+    """§8 row 1: G₁ = e hᵀ, G₂ = δ kᵀ (or G = 2(Wk − v̂)kᵀ) equal autograd of ℓ = ‖M(k) − v̂‖², v̂ detached."""
+    g = torch.Generator().manual_seed(0)
+    B, H, n, d = 2, 3, 5, 4
+    shapes = [(B, H, d, r * d), (B, H, r * d, d)] if depth == 2 else [(B, H, d, d)]
+    ws = [torch.randn(s, generator=g, dtype=F64, requires_grad=True) for s in shapes]
+    k = l2norm(torch.randn(B, H, n, d, generator=g, dtype=F64))
+    v_hat = torch.randn(B, H, n, d, generator=g, dtype=F64)
+    factors = inner_grad_factors([w.detach() for w in ws], k, v_hat)
+    for t in range(n):
+        loss = (memory_eval(ws, k[:, :, t:t + 1]) - v_hat[:, :, t:t + 1]).square().sum()
+        auto = torch.autograd.grad(loss, ws)
+        for (u, z), gw in zip(factors, auto):
+            closed = u[:, :, t, :, None] * z[:, :, t, None, :]
+            assert err(closed, gw) <= 1e-12
+
+
+def test_wy_factor_equals_explicit_product():
+    """§8 row 2: Π_t (I − b_t ẑ_t ẑ_tᵀ) = I − Ẑᵀ T Ẑ with T upper triangular."""
+    g = torch.Generator().manual_seed(1)
+    n, d = 7, 5
+    z = l2norm(torch.randn(3, n, d, generator=g, dtype=F64))
+    b = torch.rand(3, n, generator=g, dtype=F64) * 1.5
+    t_mat = wy_factor(z, b)
+    prod = torch.eye(d, dtype=F64).expand(3, d, d)
+    for t in range(n):
+        prod = prod @ (torch.eye(d, dtype=F64) - b[:, t, None, None] * z[:, t, :, None] * z[:, t, None, :])
+    assert err(torch.eye(d, dtype=F64) - z.transpose(-1, -2) @ t_mat @ z, prod) <= 1e-12
+    assert torch.count_nonzero(torch.tril(t_mat, diagonal=-1)) == 0
+
+
+def _advance_inputs(g, n, dtype, alpha_low, G=2, B=2, H=3, d_out=4, d_in=5, shared_z=False):
+    ws = [torch.randn(G, B, H, d_out, d_in, generator=g, dtype=F64).to(dtype)]
+    ms = [0.3 * torch.randn(G, B, H, d_out, d_in, generator=g, dtype=F64).to(dtype)]
+    u = torch.randn(G, B, H, n, d_out, generator=g, dtype=F64).to(dtype)
+    z = l2norm(torch.randn(*(() if shared_z else (G,)), B, H, n, d_in, generator=g, dtype=F64)).to(dtype)
+    eta = (0.5 * torch.rand(B, H, n, generator=g, dtype=F64)).to(dtype)
+    alpha = alpha_low + (1 - alpha_low) * torch.rand(B, H, n, generator=g, dtype=F64)
+    return ws, ms, [(u, z)], eta, torch.log(alpha).to(dtype)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.9])
+@pytest.mark.parametrize("dgd", [True, False])
+@pytest.mark.parametrize("n", [1, 3, 16, 64])
+def test_chunk_advance_matches_token_loop_fp64(beta, dgd, n):
+    """§8 row 3: the closed form (§3.4/§3.5) equals the token loop, α ∈ [1e-3, 1], fp64 ≤ 1e-10."""
+    cfg = TitansOpConfig(momentum=beta, dgd=dgd)
+    g = torch.Generator().manual_seed(n)
+    args = _advance_inputs(g, n, F64, 1e-3, shared_z=(n == 3))
+    (w_ref,), (m_ref,) = advance_token_loop(*args, cfg)
+    (w_fast,), (m_fast,) = advance_chunk(*args, cfg)
+    assert err(w_fast, w_ref) <= 1e-10
+    assert err(m_fast, m_ref) <= 1e-10
+    assert err(w_ref, args[0][0]) > 1e-3  # the chunk really moved the state
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.9])
+def test_chunk_advance_matches_token_loop_fp32(beta):
+    cfg = TitansOpConfig(momentum=beta)
+    args64 = _advance_inputs(torch.Generator().manual_seed(7), 16, F64, 0.5)
+    to32 = lambda a: [x.float() for x in a]  # noqa: E731
+    args32 = (to32(args64[0]), to32(args64[1]), [tuple(to32(args64[2][0]))], args64[3].float(), args64[4].float())
+    (w_ref,), _ = advance_token_loop(*args64, cfg)
+    (w_fast,), _ = advance_chunk(*args32, cfg)
+    assert err(w_fast.double(), w_ref) <= 1e-5
+
+
+def test_gdn_mapping_matches_independent_gated_delta_loop():
+    """§8 row 4 (CPU part): β = 0, DGD on is fla's gated delta rule S_t = α_t S + b_t(ṽ_t − α_t S ẑ_t)ẑ_tᵀ with
+    ṽ = −α u and b = η/α (§3.3)."""
+    cfg = TitansOpConfig(momentum=0.0, dgd=True)
+    ws, ms, [(u, z)], eta, log_alpha = _advance_inputs(torch.Generator().manual_seed(3), 9, F64, 0.2)
+    (w_fast,), _ = advance_chunk(ws, ms, [(u, z)], eta, log_alpha, cfg)
+    alpha = log_alpha.exp()
+    s = ws[0].clone()
+    for t in range(9):
+        a_t, b_t = alpha[..., t, None, None], (eta / alpha)[..., t, None, None]
+        v_t, z_t = -alpha[..., t, None] * u[..., t, :], z[..., t, :]
+        s = a_t * s + b_t * (v_t[..., :, None] - a_t * (s @ z_t[..., :, None])) * z_t[..., None, :]
+    assert err(w_fast, s) <= 1e-12
+
+
+def test_clip_bounds_the_chunk_delta_and_is_identity_when_inactive():
+    """§8 row 9: ‖Δ‖_F ≤ c(1 + 1e-6) after the clip; an inactive clip (or c = ∞) returns the end state bitwise."""
+    g = torch.Generator().manual_seed(5)
+    start = [torch.randn(3, 2, 4, 6, generator=g, dtype=F64), torch.randn(3, 2, 6, 4, generator=g, dtype=F64)]
+    end = [s + torch.randn(s.shape, generator=g, dtype=F64) for s in start]
+    norms = torch.sqrt(sum((e - s).square().sum((-2, -1)) for s, e in zip(start, end)))
+    c = norms.median().item()
+    clipped = clip_chunk_delta(start, end, c)
+    new_norms = torch.sqrt(sum((e - s).square().sum((-2, -1)) for s, e in zip(start, clipped)))
+    assert (new_norms <= c * (1 + 1e-6)).all()
+    inactive = norms <= c
+    for e, cl in zip(end, clipped):
+        assert torch.equal(cl[inactive], e[inactive])
+        assert not torch.equal(cl[~inactive], e[~inactive])
+    assert all(a is b for a, b in zip(clip_chunk_delta(start, end, float("inf")), end))
+
+
+def test_causal_conv_matches_definition_and_streams():
+    """§2.1: conv(a)_t = Σ_j w_j a_{t−j} with zeros before the start; pieces with the carried tail == whole."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 11, 3, generator=g, dtype=F64)
+    w = torch.randn(3, 4, generator=g, dtype=F64)
+    y, tail = causal_conv1d(x, w)
+    ref = torch.zeros_like(x)
+    for t in range(11):
+        for j in range(4):
+            if t - j >= 0:
+                ref[:, t] += w[:, j] * x[:, t - j]
+    assert err(y, ref) <= 1e-14
+    assert torch.equal(tail, x[:, -3:])
+    parts, state = [], None
+    for a, b in ((0, 2), (2, 3), (3, 9), (9, 11)):
+        yp, state = causal_conv1d(x[:, a:b], w, state)
+        parts.append(yp)
+    assert err(torch.cat(parts, 1), y) <= 1e-14
+    with pytest.raises(ValueError, match="tail"):
+        causal_conv1d(x, w, torch.zeros(2, 2, 3, dtype=F64))
