@@ -115,6 +115,8 @@ class HopeConfig(TransformerConfig):
                 raise ValueError(f"swa_window={self.swa_window!r} must be a positive int (tokens a W layer looks back).")
             self.window_size = (self.swa_window, 0)
             self.window_attn_skip_freq = [1 if c == "W" else 0 for c in letters]
+        if self.pipeline_dtype is None:  # megatron requires it under PP; the activations' dtype is the params'
+            self.pipeline_dtype = self.params_dtype
         if len(set(letters)) > 1:
             self.hetereogenous_dist_checkpoint = True  # layers differ: one checkpoint key per layer, not a stack
         super().__post_init__()
@@ -124,7 +126,12 @@ class HopeConfig(TransformerConfig):
             raise ValueError(errors[0] if len(errors) == 1 else "HopeConfig has several problems: " + " ".join(errors))
         if any(c in MEMORY_LETTERS for c in letters):
             for letter in sorted(set(letters) & set(MEMORY_LETTERS)):
-                self.to_op_config(letter)  # TitansOpConfig validates the op knobs with its own sentences
+                try:  # TitansOpConfig validates the op knobs with its own sentences
+                    self.to_op_config(letter)
+                except ValueError as e:
+                    raise ValueError(f"HopeConfig (memory layers '{letter}', variant {self.hope_variant}): {e} "
+                                     f"The HopeConfig fields are titans_chunk_size, inner_momentum, inner_decay, "
+                                     f"memory_expansion, memory_zero_init.") from None
 
     def _check_pattern(self) -> List[str]:
         if self.layer_pattern is None:

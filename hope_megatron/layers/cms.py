@@ -21,6 +21,8 @@ from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
 from megatron.core.transformer.identity_op import IdentityOp
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
+from megatron.core.transformer.utils import sharded_state_dict_default
+from megatron.core.utils import get_tensor_model_parallel_group_if_none
 from megatron.core.dist_checkpointing.utils import apply_prefix_mapping
 
 _LEVEL_RE = re.compile(r"(?:^|\.)mlp\.levels\.(\d+)\.")
@@ -56,6 +58,7 @@ class CMSLevel(MegatronModule):
 
     def __init__(self, config, submodules: CMSSubmodules, width: int, tp_group=None):
         super().__init__(config=config)
+        self.tp_group = get_tensor_model_parallel_group_if_none(tp_group)
         cfg = _level_config(config, width)
         self.pre_mlp_layernorm = build_module(submodules.pre_mlp_layernorm, config=config,
                                               hidden_size=config.hidden_size, eps=config.layernorm_epsilon)
@@ -75,6 +78,7 @@ class CMSStack(MegatronModule):
 
     def __init__(self, config, submodules: CMSSubmodules, tp_group=None):
         super().__init__(config=config)
+        self.tp_group = get_tensor_model_parallel_group_if_none(tp_group)
         self.independent = config.cms_variant == "independent"
         self.hidden_dropout = config.hidden_dropout
         if self.independent:
@@ -96,3 +100,16 @@ class CMSStack(MegatronModule):
         for level in self.levels:  # NL Eq 30: level 1 (fastest) first
             hidden_states = bda(level(hidden_states), hidden_states, self.hidden_dropout)
         return hidden_states
+
+    def sharded_state_dict(self, prefix="", sharded_offsets=(), metadata=None):
+        """megatron's default would treat the `levels` ModuleList as a plain (replicated) module, losing the TP
+        sharding and the SwiGLU split of each level's MLP; recurse into every level instead."""
+        sd = {}
+        for name, module in self.named_children():
+            if name == "levels":
+                for i, level in enumerate(module):
+                    sd.update(level.sharded_state_dict(f"{prefix}levels.{i}.", sharded_offsets, metadata))
+            else:
+                sd.update(sharded_state_dict_default(module, f"{prefix}{name}.", sharded_offsets, metadata,
+                                                     tp_group=self.tp_group))
+        return sd
