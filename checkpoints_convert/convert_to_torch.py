@@ -1,0 +1,189 @@
+"""Convert a hope_megatron distributed checkpoint (torch_dist, any TP/PP, any variant) into a plain PyTorch directory.
+
+    python checkpoints_convert/convert_to_torch.py --load SAVE [--iteration N] --output OUT
+
+One CPU process: a 1-rank gloo group (platform.initialize), a TP=1/PP=1 template model built from the arguments saved
+in the checkpoint, megatron's dist_checkpointing.load resharding every tensor into it (megatron_core_notes.md pain
+point 7). Writes OUT/model.safetensors (fp32, megatron GPTModel parameter names), OUT/config.json (the HopeConfig
+fields that define the model, per-letter op configs, vocab and sequence length) and the tokenizer file the arguments
+name, if it exists. hope_megatron.inference.load_model(OUT) reads the result without megatron.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+from typing import Optional, Tuple
+
+import torch
+
+TRACKER = "latest_checkpointed_iteration.txt"
+# HopeConfig / TransformerConfig fields that define the model's function (config.json).
+MODEL_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "kv_channels",
+                "ffn_hidden_size", "normalization", "layernorm_epsilon", "gated_linear_unit", "add_bias_linear")
+
+
+def fail(msg: str):
+    raise SystemExit(f"convert_to_torch: {msg}")
+
+
+def resolve_iteration_dir(load: str, iteration: Optional[int]) -> Tuple[str, int]:
+    """SAVE/iter_XXXXXXX for --iteration or the tracker's iteration; refuses what is not a complete checkpoint."""
+    if not os.path.isdir(load):
+        fail(f"--load {load} is not a directory; pass the training --save directory.")
+    if iteration is None:
+        tracker = os.path.join(load, TRACKER)
+        if not os.path.isfile(tracker):
+            fail(f"{load} has no {TRACKER}, so no complete checkpoint was written there; pass --iteration N or "
+                 f"the right --save directory.")
+        text = open(tracker, encoding="utf-8").read().strip()
+        if not text.isdigit():
+            fail(f"{tracker} holds {text!r}, not an iteration number; pass --iteration N.")
+        iteration = int(text)
+    path = os.path.join(load, f"iter_{iteration:07d}")
+    if not os.path.isdir(path):
+        fail(f"{path} does not exist; list {load} for the saved iterations and pass one with --iteration.")
+    for need in ("metadata.json", "common.pt", ".metadata"):
+        if not os.path.isfile(os.path.join(path, need)):
+            fail(f"{path} lacks {need}: it is not a complete torch_dist checkpoint (partial save or another format); "
+                 f"use an iteration the tracker names.")
+    return path, iteration
+
+
+def saved_args(path: str) -> dict:
+    from megatron.core import dist_checkpointing
+
+    common = dist_checkpointing.load_common_state_dict(path)
+    args = common.get("args") if isinstance(common, dict) else None
+    if not isinstance(args, dict) or "hope_variant" not in args:
+        fail(f"{path} has no hope_megatron arguments in common.pt; it was not written by hope_megatron.train (or "
+             f"a test helper saving `args`), so its model cannot be rebuilt.")
+    return args
+
+
+def template_namespace(args: dict) -> argparse.Namespace:
+    """The saved arguments at TP=1/PP=1 on CPU: one process holds the whole model."""
+    ns = argparse.Namespace(**args)
+    ns.tensor_model_parallel_size = ns.pipeline_model_parallel_size = 1
+    ns.virtual_pipeline_model_parallel_size = None
+    ns.sequence_parallel = False
+    ns.recompute_granularity = ns.recompute_method = ns.recompute_num_layers = None
+    ns.transformer_impl = "local"  # checkpoint keys are backend-independent (layers/specs.py)
+    ns.fp8_format = None
+    return ns
+
+
+def global_vocab_size(path: str) -> int:
+    from megatron.core import dist_checkpointing
+
+    meta = dist_checkpointing.load_tensors_metadata(path)
+    key = "embedding.word_embeddings.weight"
+    if key not in meta:
+        fail(f"{path} has no {key}; the checkpoint holds no model weights (optimizer-only or another model).")
+    return int(meta[key].global_shape[0])
+
+
+def build_template(args: dict, vocab: int):
+    """(HopeConfig, GPTModel) at TP=1/PP=1 built exactly as training builds a stage (model_setup)."""
+    from hope_megatron.training.model_setup import build_config, build_model_chunks
+
+    ns = template_namespace(args)
+    config = build_config(ns)
+    (model,) = build_model_chunks(ns, config, vocab)
+    return config, model, ns
+
+
+def model_config_json(config, ns, vocab: int) -> dict:
+    """config.json: what hope_megatron.inference needs to rebuild the function, nothing about parallelism."""
+    from hope_megatron.config import MEMORY_LETTERS, hope_fields
+
+    out = {f: getattr(config, f) for f in MODEL_FIELDS}
+    out.update({f.name: getattr(config, f.name) for f in hope_fields()})
+    act = config.activation_func
+    out["activation"] = "silu" if act is torch.nn.functional.silu else "gelu"
+    letters = config.layer_letters()
+    out.update(layer_letters="".join(letters), uses_cms=bool(config.uses_cms), cms_widths=config.cms_widths(),
+               vocab_size=vocab, seq_length=int(ns.seq_length), max_position_embeddings=int(ns.max_position_embeddings),
+               rotary_base=int(ns.rotary_base), share_embeddings_and_output_weights=not ns.untie_embeddings_and_output_weights,
+               op_configs={c: dataclasses.asdict(config.to_op_config(c)) for c in sorted(set(letters) & set(MEMORY_LETTERS))},
+               tokenizer_type=ns.tokenizer_type, format_version=1)
+    return out
+
+
+def load_full_state_dict(path: str, model) -> dict:
+    """dist_checkpointing.load into the TP=1/PP=1 template; returns {name: fp32 tensor} of every parameter."""
+    from megatron.core import dist_checkpointing
+
+    try:
+        state = dist_checkpointing.load({"model": model.sharded_state_dict()}, path)
+    except Exception as e:  # noqa: BLE001 - re-raised with the fix named
+        fail(f"{path} could not be loaded into the model its arguments describe ({type(e).__name__}: {e}); the "
+             f"checkpoint is partial or was saved by different code.")
+    model.load_state_dict(state["model"])
+    return {n: p.detach().to(torch.float32).contiguous().clone() for n, p in model.named_parameters()}
+
+
+def copy_tokenizer(ns, output: str) -> Optional[str]:
+    src = getattr(ns, "tokenizer_model", None) or getattr(ns, "vocab_file", None)
+    if not src:
+        return None
+    if not os.path.isfile(src):
+        print(f"warning: the tokenizer file {src} named by the checkpoint's arguments is not here; copy it to "
+              f"{output} by hand.", file=sys.stderr)
+        return None
+    shutil.copy2(src, os.path.join(output, os.path.basename(src)))
+    merge = getattr(ns, "merge_file", None)
+    if merge and os.path.isfile(merge):
+        shutil.copy2(merge, os.path.join(output, os.path.basename(merge)))
+    return os.path.basename(src)
+
+
+def convert(load: str, output: str, iteration: Optional[int] = None) -> dict:
+    """Convert; platform must be initialised (1 rank). Returns the written config dict."""
+    from safetensors.torch import save_file
+
+    path, iteration = resolve_iteration_dir(load, iteration)
+    args = saved_args(path)
+    vocab = global_vocab_size(path)
+    config, model, ns = build_template(args, vocab)
+    sd = load_full_state_dict(path, model)
+    os.makedirs(output, exist_ok=True)
+    cfg = model_config_json(config, ns, vocab)
+    cfg.update(iteration=iteration, source=os.path.abspath(load),
+               saved_layout={"tensor_model_parallel_size": args.get("tensor_model_parallel_size"),
+                             "pipeline_model_parallel_size": args.get("pipeline_model_parallel_size")})
+    cfg["tokenizer_file"] = copy_tokenizer(ns, output)
+    save_file(sd, os.path.join(output, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(output, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(cfg, f, indent=2, sort_keys=True)
+    with open(os.path.join(output, "megatron_args.json"), "w", encoding="utf-8") as f:
+        json.dump(args, f, indent=2, sort_keys=True)  # what convert_from_torch.py writes back as `args`
+    return cfg
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--load", required=True, help="training --save directory (holds latest_checkpointed_iteration.txt)")
+    p.add_argument("--iteration", type=int, default=None, help="iteration to convert (default: the tracker's)")
+    p.add_argument("--output", required=True, help="output directory")
+    a = p.parse_args(argv)
+    from hope_megatron import platform
+
+    platform.initialize(1, 1)
+    try:
+        cfg = convert(a.load, a.output, a.iteration)
+    finally:
+        platform.teardown()
+    n = cfg["num_layers"]
+    print(f"converted {a.load} iteration {cfg['iteration']} ({cfg['hope_variant']}, {n} layers, vocab "
+          f"{cfg['vocab_size']}, saved at TP={cfg['saved_layout']['tensor_model_parallel_size']} "
+          f"PP={cfg['saved_layout']['pipeline_model_parallel_size']}) -> {a.output}")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    main()

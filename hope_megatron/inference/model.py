@@ -1,0 +1,151 @@
+"""HopeLM: the plain PyTorch HOPE language model loaded from a converted directory (no megatron import).
+
+    model = load_model("OUT")                         # OUT/config.json + OUT/model.safetensors (convert_to_torch.py)
+    logits = model(tokens)                            # [B, L] -> [B, L, V], one whole-sequence forward
+    logits, state = model(tokens, state=state, return_state=True)   # streaming: state carries every layer's memory
+    nll = model.token_nll(tokens, segment=4096)       # -log p(x_{t+1} | x_{<=t}) over a stream of any length
+    out = model.generate(prompt, max_new_tokens=16)   # greedy
+
+Streaming state (hope_math.md §7.2): per memory layer the op's TitansState (every memory's weights and momentum, open
+chunk's pending k, v, η, α) and the conv tail; per attention layer the KV cache (window-bounded for W layers); the
+stream's token index. Test-time CMS updates (hope_math §4.4) change the CMS parameters in place; see cms_stream.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hope_megatron.inference.layers import HopeLayer, make_norm
+from hope_megatron.ops import TitansOpConfig
+
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+
+
+@dataclass
+class StreamState:
+    """Everything a stream carries between calls: one entry per layer and the number of tokens consumed."""
+    layers: List[object]
+    position: int = 0
+
+
+class _Embedding(nn.Module):
+    def __init__(self, vocab: int, hidden: int):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(vocab, hidden)
+
+
+class _Decoder(nn.Module):
+    def __init__(self, cfg: dict, op_configs):
+        super().__init__()
+        self.layers = nn.ModuleList([HopeLayer(cfg, c, op_configs) for c in cfg["layer_letters"]])
+        self.final_layernorm = make_norm(cfg)
+
+
+class HopeLM(nn.Module):
+    """Embedding -> HOPE layers -> final norm -> output layer (hope_math §5.1), parameter names of megatron's GPTModel."""
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.cfg = cfg
+        op_configs = {k: TitansOpConfig(**v) for k, v in cfg.get("op_configs", {}).items()}
+        self.embedding = _Embedding(cfg["vocab_size"], cfg["hidden_size"])
+        self.decoder = _Decoder(cfg, op_configs)
+        self.tied = bool(cfg.get("share_embeddings_and_output_weights", False))
+        if not self.tied:
+            self.output_layer = nn.Linear(cfg["hidden_size"], cfg["vocab_size"], bias=False)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.cfg["vocab_size"]
+
+    @property
+    def has_attention(self) -> bool:
+        return any(c in "AW" for c in self.cfg["layer_letters"])
+
+    def forward(self, tokens: torch.Tensor, state: Optional[StreamState] = None, return_state: bool = False):
+        """tokens [B, L] -> logits [B, L, V] (fp32 math as stored); with return_state also the new StreamState."""
+        x = self.embedding.word_embeddings(tokens)
+        layer_states = state.layers if state is not None else [None] * len(self.decoder.layers)
+        new_states = []
+        for layer, st in zip(self.decoder.layers, layer_states):
+            x, st = layer(x, st)
+            new_states.append(st)
+        x = self.decoder.final_layernorm(x)
+        w = self.embedding.word_embeddings.weight if self.tied else self.output_layer.weight
+        logits = F.linear(x, w)
+        if not return_state:
+            return logits
+        return logits, StreamState(new_states, (state.position if state is not None else 0) + tokens.shape[1])
+
+    def loss(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross entropy of tokens [B, L+1] (inputs tokens[:, :-1], labels tokens[:, 1:])."""
+        logits = self(tokens[:, :-1])
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1))
+
+    @torch.no_grad()
+    def token_nll(self, tokens: torch.Tensor, segment: int = 2048, state: Optional[StreamState] = None):
+        """-log p(x_{t+1} | x_{<=t}) for t = 0..L-2 of tokens [B, L], streamed `segment` tokens at a time with the
+        carried state (memory stays flat in L for memory variants; attention grows its KV cache)."""
+        out = []
+        for s in range(0, tokens.shape[1] - 1, segment):
+            piece = tokens[:, s:s + segment]
+            logits, state = self(piece, state, return_state=True)
+            tgt = tokens[:, s + 1:s + 1 + piece.shape[1]]
+            lp = torch.log_softmax(logits[:, :tgt.shape[1]].float(), dim=-1)
+            out.append(-lp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1))
+        return torch.cat(out, dim=1)
+
+    @torch.no_grad()
+    def generate(self, prompt: torch.Tensor, max_new_tokens: int, segment: int = 2048, eos_id: Optional[int] = None,
+                 state: Optional[StreamState] = None) -> torch.Tensor:
+        """Greedy continuation of prompt [B, L]: the prompt is streamed in segments, then one token per step with the
+        carried state. Returns the new tokens [B, n] (n <= max_new_tokens; stops early when every row hit eos_id)."""
+        logits = None
+        for s in range(0, prompt.shape[1], segment):
+            logits, state = self(prompt[:, s:s + segment], state, return_state=True)
+        out = []
+        nxt = logits[:, -1].argmax(-1)
+        for i in range(max_new_tokens):
+            out.append(nxt)
+            if eos_id is not None and bool((nxt == eos_id).all()):
+                break
+            if i + 1 < max_new_tokens:
+                logits, state = self(nxt[:, None], state, return_state=True)
+                nxt = logits[:, -1].argmax(-1)
+        return torch.stack(out, dim=1)
+
+
+def read_config(path: str) -> dict:
+    cfg_path = os.path.join(path, CONFIG_NAME)
+    if not os.path.isfile(cfg_path):
+        raise FileNotFoundError(f"{cfg_path} does not exist; convert a checkpoint first with "
+                                f"checkpoints_convert/convert_to_torch.py --load SAVE --output {path}.")
+    with open(cfg_path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def load_model(path: str, dtype: torch.dtype = torch.float32, device="cpu") -> HopeLM:
+    """The converted model in `path` (config.json + model.safetensors), in eval mode."""
+    from safetensors.torch import load_file
+
+    cfg = read_config(path)
+    model = HopeLM(cfg)
+    sd = load_file(os.path.join(path, WEIGHTS_NAME))
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path}/{WEIGHTS_NAME} does not match its config.json (missing {missing[:4]}, unexpected "
+                         f"{unexpected[:4]}); re-run convert_to_torch.py.")
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def tokenizer_path(path: str) -> Optional[str]:
+    """The tokenizer file copied next to the weights, if the converter found one."""
+    name = read_config(path).get("tokenizer_file")
+    return os.path.join(path, name) if name else None
