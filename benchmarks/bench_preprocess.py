@@ -67,6 +67,7 @@ def main(argv=None):
     if not args.input:
         sys.exit("error: no input; run tools/fetch_demo_corpus.py first or pass --input.")
     preprocess = load_tool("preprocess_data")
+    import megatron.core.datasets.indexed_dataset  # noqa: F401  (import torch/megatron outside the timed runs)
     with tempfile.TemporaryDirectory() as tmp:
         inputs = slice_inputs(args.input, args.max_mb, tmp) if args.max_mb else args.input
         size_mb = sum(os.path.getsize(f) for f in inputs) / 1e6
