@@ -89,10 +89,14 @@ def _rng_sharded_object(state):
                          replica_id=ps.get_data_parallel_rank(with_context_parallel=True))
 
 
+def _unwrap(m):
+    return getattr(m, "module", m)  # DDP's state-dict keys carry "module."; the checkpoint holds the GPTModel's
+
+
 def _model_sharded(model):
     if len(model) == 1:
-        return {"model": model[0].sharded_state_dict()}
-    return {f"model{i}": m.sharded_state_dict() for i, m in enumerate(model)}
+        return {"model": _unwrap(model[0]).sharded_state_dict()}
+    return {f"model{i}": _unwrap(m).sharded_state_dict() for i, m in enumerate(model)}
 
 
 def _cms_step_params(gate):
@@ -236,10 +240,10 @@ def load_checkpoint(root, model, optimizer, scheduler, gate, args):
                                f"to load the model only ({type(e).__name__}: {e}).") from e
         raise
     if len(model) == 1:
-        model[0].load_state_dict(state["model"])
+        _unwrap(model[0]).load_state_dict(state["model"])
     else:
         for i, m in enumerate(model):
-            m.load_state_dict(state[f"model{i}"])
+            _unwrap(m).load_state_dict(state[f"model{i}"])
     if load_optim:
         try:
             optimizer.load_state_dict(state["optimizer"])

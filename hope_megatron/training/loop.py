@@ -173,6 +173,8 @@ def pretrain(args, level_of=None, hooks=None) -> dict:
         optimizer.zero_grad()
         loss_dicts = run_schedule(train_iters, forward_only=False)
         ok, grad_norm, firing = gated_step(optimizer, gate, iteration)
+        if hooks is not None and hasattr(hooks, "after_step"):  # tests: sees the LR the step used
+            hooks.after_step(iteration, model, optimizer, gate, firing)
         loss = _reduce_loss(loss_dicts)
         if ok:
             scheduler.step(increment=1)
@@ -188,8 +190,6 @@ def pretrain(args, level_of=None, hooks=None) -> dict:
         if firing:
             summary["firings"][iteration] = list(firing)
         interval_losses.append(loss)
-        if hooks is not None and hasattr(hooks, "after_step"):
-            hooks.after_step(iteration - 1, model, optimizer, gate, firing)
         if gate.entries:
             tb.cms(iteration, firing, gate.last_update_norm, gate.firings)
         if iteration % args.log_interval == 0 or iteration == args.train_iters:
