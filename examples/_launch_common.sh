@@ -1,7 +1,7 @@
 # Shared body of examples/pretrain_hope_*.sh: resolve the cluster layout, print a preflight, launch torchrun.
 # Sourced (never run) by a launcher that first sets HOPE_REPO and its scale defaults:
 #   DEF_CONFIG DEF_TP DEF_PP DEF_MICRO DEF_GLOBAL DEF_SEQ DEF_LAYERS DEF_HIDDEN DEF_PARAMS DEF_ITERS
-#   DEF_GPUS_PER_NODE DEF_BF16 DEF_SEQUENCE_PARALLEL DEF_DATA_PATH DEF_TOKENIZER DEF_CKPT
+#   DEF_GPUS_PER_NODE DEF_BF16 DEF_SEQUENCE_PARALLEL DEF_DISTRIBUTED_OPTIMIZER DEF_DATA_PATH DEF_TOKENIZER DEF_CKPT
 #   DEF_EXTRA (array of extra train flags) DEF_ROUND_GLOBAL=1 (round the global batch up to micro x DP)
 # and then calls `hope_launch "$@"`.
 #
@@ -72,9 +72,19 @@ _hope_check_data() {
 }
 
 hope_launch() {
-  local dry_run=0 arg passthrough=()
-  for arg in "$@"; do
-    if [ "$arg" = "--dry-run" ]; then dry_run=1; else passthrough+=("$arg"); fi
+  local dry_run=0 passthrough=()
+  # --train-iters/--micro-batch-size/--global-batch-size/--seq-length given as arguments act like the variables, so the
+  # preflight shows the numbers the run will use.
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --dry-run) dry_run=1 ;;
+      --train-iters) TRAIN_ITERS=$2; shift ;;
+      --micro-batch-size) MICRO_BATCH=$2; shift ;;
+      --global-batch-size) GLOBAL_BATCH=$2; shift ;;
+      --seq-length) SEQ_LEN=$2; shift ;;
+      *) passthrough+=("$1") ;;
+    esac
+    shift
   done
   local repo=$HOPE_REPO
   if [ -z "${PYTHON:-}" ]; then
@@ -147,7 +157,7 @@ hope_launch() {
   local sp=${SEQUENCE_PARALLEL:-${DEF_SEQUENCE_PARALLEL:-0}}
   [ "$tp" -gt 1 ] || sp=0  # sequence parallelism only exists with TP > 1
   [ "$sp" != 1 ] || cmd+=(--sequence-parallel)
-  local dopt=${DISTRIBUTED_OPTIMIZER:-$([ "$dp" -gt 1 ] && echo 1 || echo 0)}
+  local dopt=${DISTRIBUTED_OPTIMIZER:-${DEF_DISTRIBUTED_OPTIMIZER:-$([ "$dp" -gt 1 ] && echo 1 || echo 0)}}
   [ "$dopt" != 1 ] || cmd+=(--use-distributed-optimizer)
   [ -z "${RECOMPUTE:-}" ] || cmd+=(--recompute-granularity "$RECOMPUTE")
   [ -z "${LOG_INTERVAL:-}" ] || cmd+=(--log-interval "$LOG_INTERVAL")

@@ -125,7 +125,9 @@ def test_fp8_and_overrides():
     assert flag(train, "--num-layers-per-virtual-pipeline-stage") == "4"
     assert flag(train, "--data-path", 4) == ["0.7", "/d/web_text_document", "0.3", "/d/code_text_document"]
     assert "TP=4 PP=2 DP=1" in lines["parallel layout"]
-    assert train[-4:] == ["--train-iters", "10", "--lr", "1e-4"]  # pass-through comes last, so it wins
+    assert train[-2:] == ["--lr", "1e-4"]  # pass-through comes last, so it wins
+    assert flag(train, "--train-iters") == "10" and train.count("--train-iters") == 1
+    assert "iterations 10;" in lines["tokens per step"]  # the preflight shows the value the run uses
     assert lines["precision"].startswith("FP8 hybrid")
 
 
@@ -133,11 +135,12 @@ def test_tiny_detects_gpus_and_cpu(tmp_path):
     _, launcher, train = parse(dry_run("tiny", {"GPUS_PER_NODE": None}, path_dirs=[]))
     if not _has_nvidia_smi():
         assert flag(launcher, "--nproc-per-node") == "2" and "--bf16" not in train
+        assert "--use-distributed-optimizer" not in train  # cannot be saved on CPU (megatron-core 0.16.1)
     fake = tmp_path / "nvidia-smi"
     fake.write_text("#!/bin/sh\nfor i in 0 1 2 3; do echo \"GPU $i: H100 (UUID: x)\"; done\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     _, launcher, train = parse(dry_run("tiny", {"GPUS_PER_NODE": None}, path_dirs=[str(tmp_path)]))
-    assert flag(launcher, "--nproc-per-node") == "4" and "--bf16" in train
+    assert flag(launcher, "--nproc-per-node") == "4" and "--bf16" in train and "--use-distributed-optimizer" in train
     micro = int(flag(train, "--micro-batch-size"))
     assert int(flag(train, "--global-batch-size")) % (4 * micro) == 0  # rounded up to micro x DP
     assert flag(train, "--data-path", 8)[1].endswith("runs/demo/shards/drama_text_document")
