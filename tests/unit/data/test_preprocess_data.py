@@ -133,3 +133,37 @@ def test_large_vocabulary_uses_int32(preprocess, tmp_path):
                             "--vocab-size", "70000"]) == 0
     docs, dtype = read_docs(prefix + "_text_document")
     assert dtype == np.int32 and docs == [[[65535, 65536, 69999]]]
+
+
+def test_interrupted_run_leaves_no_pair(preprocess, tmp_path, monkeypatch, capsys):
+    from hope_megatron.data import document_encoder as enc
+
+    src = write_jsonl(tmp_path / "i.jsonl", [{"text": str(i)} for i in range(10)])
+    real = enc.encode
+
+    def interrupt_on_fifth(record):
+        if record[1] == 5:
+            raise KeyboardInterrupt
+        return real(record)
+
+    monkeypatch.setattr(enc, "encode", interrupt_on_fifth)
+    prefix = str(tmp_path / "i")
+    assert preprocess.main(["--input", src, "--output-prefix", prefix, "--tokenizer-type", "NullTokenizer",
+                            "--vocab-size", "10"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == ["i.jsonl"]
+
+
+def test_plain_text_paragraphs_gzip_and_keep_newlines(preprocess, sp_model, tmp_path):
+    import gzip
+
+    with gzip.open(tmp_path / "p.txt.gz", "wt", encoding="utf-8") as f:
+        f.write("First para. Still first.\nSame para.\n\n\nSecond para.\n")
+    prefix = str(tmp_path / "p")
+    assert preprocess.main(["--input", str(tmp_path / "p.txt.gz"), "--text-unit", "paragraph", "--output-prefix", prefix,
+                            "--split-sentences", "--keep-newlines", *sp_args(sp_model)]) == 0
+    tok = build_tokenizer("SentencePieceTokenizer", tokenizer_model=sp_model)
+    docs, _ = read_docs(prefix + "_text_sentence")
+    # newlines inside a paragraph stay with their sentence; Punkt trims the whitespace ending the text
+    assert docs == [[tok.tokenize(s) for s in ("First para. ", "Still first.\n", "Same para.")],
+                    [tok.tokenize("Second para.")]]
