@@ -17,7 +17,7 @@ _MEGATRON_FLAGS = {
     "model": [
         ("--num-layers", int, 4, "number of layers (HOPE or transformer blocks)"),
         ("--hidden-size", int, 128, "model width D"),
-        ("--ffn-hidden-size", int, None, "MLP / CMS width F (default 4*D, or 8/3*D rounded with --swiglu)"),
+        ("--ffn-hidden-size", int, None, "MLP / CMS level width F (default 4*D)"),
         ("--num-attention-heads", int, 4, "attention heads (and the default memory heads)"),
         ("--num-query-groups", int, None, "grouped-query attention groups (default: no GQA)"),
         ("--kv-channels", int, None, "attention head dim (default hidden/heads)"),

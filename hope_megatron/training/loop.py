@@ -110,6 +110,8 @@ def pretrain(args, level_of=None, hooks=None) -> dict:
     config = build_config(args)
     torch.manual_seed(args.seed)  # the same full weights on every layout (use_cpu_initialization slices them)
     chunks = build_model_chunks(args, config, vocab)
+    if hooks is not None and hasattr(hooks, "after_build"):  # tests: e.g. layout-independent weights
+        hooks.after_build(chunks)
     model = wrap_ddp(args, config, chunks)
     optimizer = build_optimizer(args, model)
     scheduler = build_scheduler(args, optimizer)
