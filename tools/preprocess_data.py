@@ -131,7 +131,7 @@ class Progress:
     def line(self, now):
         dt = max(now - self.start, 1e-9)
         mbs = self.bytes / dt / 1e6
-        text = f"[preprocess] {self.docs:,} records  {self.docs / dt:,.0f} rec/s  {mbs:.2f} MB/s"
+        text = f"[preprocess] {self.docs:,} docs  {self.docs / dt:,.0f} docs/s  {mbs:.2f} MB/s"
         if self.total:
             frac = min(self.bytes / self.total, 1.0)
             eta = (self.total - self.bytes) / max(self.bytes / dt, 1e-9)
