@@ -162,7 +162,8 @@ class CMSGate:
         self.last_update_norm = _allreduce_norms(sq, self._distributed())
 
     def _distributed(self) -> bool:
-        return any(hasattr(e.opt, "shard_fp32_from_float16_groups") for e in self.entries)
+        """From the optimizer, not the entries: a DP rank may own no CMS shard, yet all ranks must agree."""
+        return any(hasattr(o, "shard_fp32_from_float16_groups") for o in _sub_optimizers(self.optimizer))
 
     # ---------------------------------------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict:

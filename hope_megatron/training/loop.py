@@ -139,7 +139,10 @@ def pretrain(args, level_of=None, hooks=None) -> dict:
     train_ds, valid_ds, _ = data.build_datasets(args, tokenizer)
     vpp = max(len(model), 1)
     train_iters = [data.build_iterator(train_ds, consumed, args) for _ in range(vpp)]
-    valid_iters = [data.build_iterator(valid_ds, 0, args, cycle=True) for _ in range(vpp)] if valid_ds else None
+    has_valid = torch.tensor([1.0 if valid_ds is not None and len(valid_ds) > 0 else 0.0])
+    dist.all_reduce(has_valid, op=dist.ReduceOp.MAX)  # only TP rank 0 holds datasets; every rank must agree
+    valid_iters = [data.build_iterator(valid_ds, 0, args, cycle=True) for _ in range(vpp)] \
+        if has_valid.item() > 0 else None
     fwd_bwd = get_forward_backward_func()
     dp = ps.get_data_parallel_world_size()
     n_micro = args.global_batch_size // (args.micro_batch_size * dp)
