@@ -37,8 +37,8 @@ def test_cli_trains_logs_and_checkpoints(tmp_path):
 
 
 def test_cli_impossible_combination_is_one_sentence():
-    r = _cli(TINY + ["--train-iters", "1", "--global-batch-size", "6"], timeout=120)
+    r = _cli(TINY + ["--train-iters", "1", "--global-batch-size", "5"], timeout=120)
     assert r.returncode == 2
     err = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
-    assert err == ["error: --global-batch-size 6 is not divisible by --micro-batch-size 2 x data-parallel size 1."], \
+    assert err == ["error: --global-batch-size 5 is not divisible by --micro-batch-size 2 x data-parallel size 1."], \
         r.stderr[-2000:]
