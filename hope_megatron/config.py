@@ -64,38 +64,50 @@ class HopeConfig(TransformerConfig):
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
 
-    hope_variant: str = field(default="hope", metadata=_h(f"model variant, one of {', '.join(VARIANTS)} (hope_math §5.2)."))
+    hope_variant: str = field(default="hope", metadata=_h(
+        f"model variant, one of {', '.join(VARIANTS)} (hope_math §5.2)."))
     layer_pattern: Optional[str] = field(default=None, metadata=_h(
         "one letter per layer, or a unit repeated to num_layers: H self-modifying Titans, T Titans LMM, D DeltaNet, "
         "A full attention, W sliding-window attention; default: the variant's letter for every layer."))
     memory_heads: Optional[int] = field(default=None, metadata=_h("memory heads H (default num_attention_heads)."))
-    memory_head_dim: Optional[int] = field(default=None, metadata=_h("memory head width d_h (default hidden_size / memory_heads)."))
+    memory_head_dim: Optional[int] = field(default=None, metadata=_h(
+        "memory head width d_h (default hidden_size / memory_heads)."))
     memory_expansion: int = field(default=1, metadata=_h("memory MLP expansion r (hope_math §2.2)."))
     memory_depth: int = field(default=2, metadata=_h("2: residual-MLP memories; 1: linear memories (hope_math §2.2)."))
-    titans_chunk_size: int = field(default=8, metadata=_h("C_mem, chunk size of M_mem (hope_math §2.7); 8/16/32 pilot/mid/target."))
-    titans_proj_chunk_size: Optional[int] = field(default=None, metadata=_h("C_proj, chunk size of the projection memories (default C_mem)."))
+    titans_chunk_size: int = field(default=8, metadata=_h(
+        "C_mem, chunk size of M_mem (hope_math §2.7); 8/16/32 pilot/mid/target."))
+    titans_proj_chunk_size: Optional[int] = field(default=None, metadata=_h(
+        "C_proj, chunk size of the projection memories (default C_mem)."))
     inner_momentum: float = field(default=0.9, metadata=_h("inner momentum beta in [0, 1) (hope_math §2.5)."))
     dgd: bool = field(default=True, metadata=_h("delta gradient descent: lambda_t = eta_t (hope_math §2.5)."))
-    inner_decay: bool = field(default=True, metadata=_h("data-dependent retention alpha_t (off: alpha = 1, M_alpha dropped)."))
-    self_mod: bool = field(default=True, metadata=_h("self-modifying k, v, eta, alpha memories (off: static projections, §5.4)."))
+    inner_decay: bool = field(default=True, metadata=_h(
+        "data-dependent retention alpha_t (off: alpha = 1, M_alpha dropped)."))
+    self_mod: bool = field(default=True, metadata=_h(
+        "self-modifying k, v, eta, alpha memories (off: static projections, §5.4)."))
     inner_k: bool = field(default=True, metadata=_h("keys from the memory M_k (off: static k channel)."))
     inner_v: bool = field(default=True, metadata=_h("values from the memory M_v (off: static v channel)."))
     inner_q: bool = field(default=False, metadata=_h("queries from a memory M_q (default: static q, NL-arXiv Eq 83)."))
     eta_max: float = field(default=0.1, metadata=_h("inner learning-rate ceiling eta_max (hope_math §2.3)."))
     eta_init: float = field(default=0.01, metadata=_h("initial inner learning rate eta (sets the bias b_eta)."))
     alpha_init: float = field(default=0.999, metadata=_h("initial retention alpha (sets the bias b_alpha)."))
-    inner_clip: float = field(default=float("inf"), metadata=_h("Frobenius clip of each chunk's memory change (seed 0.3; inf = off)."))
-    update_dropout: float = field(default=0.0, metadata=_h("dropout on the residual branch of M_k, M_v, M_eta, M_alpha (seed 0.2)."))
-    read_after_update: bool = field(default=False, metadata=_h("read the post-update memory (deltanet preset only; needs chunk 1)."))
+    inner_clip: float = field(default=float("inf"), metadata=_h(
+        "Frobenius clip of each chunk's memory change (seed 0.3; inf = off)."))
+    update_dropout: float = field(default=0.0, metadata=_h(
+        "dropout on the residual branch of M_k, M_v, M_eta, M_alpha (seed 0.2)."))
+    read_after_update: bool = field(default=False, metadata=_h(
+        "read the post-update memory (deltanet preset only; needs chunk 1)."))
     memory_zero_init: bool = field(default=False, metadata=_h("meta-initial memory weights W0 = 0 (deltanet preset)."))
     cms_levels: int = field(default=4, metadata=_h("CMS levels K (hope_math §4.1); 1 = one ordinary MLP."))
     cms_periods: Optional[List[int]] = field(default=None, metadata=_h(
         "update period of each CMS level in optimizer iterations (default: the first K of 1 4 32 128)."))
-    cms_warmup: Optional[List[int]] = field(default=None, metadata=_h("iterations each CMS level stays frozen (default 0 each)."))
-    cms_variant: str = field(default="sequential", metadata=_h("CMS composition: sequential (NL Eq 30) or independent (Eq 74)."))
+    cms_warmup: Optional[List[int]] = field(default=None, metadata=_h(
+        "iterations each CMS level stays frozen (default 0 each)."))
+    cms_variant: str = field(default="sequential", metadata=_h(
+        "CMS composition: sequential (NL Eq 30) or independent (Eq 74)."))
     cms_hidden_sizes: Optional[List[int]] = field(default=None, metadata=_h(
         "MLP width F_l of each CMS level (default ffn_hidden_size for every level)."))
-    swa_window: int = field(default=512, metadata=_h("sliding-window attention: tokens before the current one it sees (W layers)."))
+    swa_window: int = field(default=512, metadata=_h(
+        "sliding-window attention: tokens before the current one it sees (W layers)."))
 
     # ------------------------------------------------------------------------------------------------ construction
     @classmethod
@@ -108,11 +120,13 @@ class HopeConfig(TransformerConfig):
     def __post_init__(self):
         errors: List[str] = []
         if self.hope_variant not in VARIANTS:
-            raise ValueError(f"hope_variant={self.hope_variant!r} is not a known variant; choose one of {', '.join(VARIANTS)}.")
+            raise ValueError(f"hope_variant={self.hope_variant!r} is not a known variant; "
+                             f"choose one of {', '.join(VARIANTS)}.")
         letters = self._check_pattern()
         if any(c == "W" for c in letters):  # megatron's per-layer sliding window (dot_product_attention.py:93)
             if not (isinstance(self.swa_window, int) and self.swa_window >= 1):
-                raise ValueError(f"swa_window={self.swa_window!r} must be a positive int (tokens a W layer looks back).")
+                raise ValueError(f"swa_window={self.swa_window!r} must be a positive int "
+                                 f"(tokens a W layer looks back).")
             self.window_size = (self.swa_window, 0)
             self.window_attn_skip_freq = [1 if c == "W" else 0 for c in letters]
         if self.pipeline_dtype is None:  # megatron requires it under PP; the activations' dtype is the params'
@@ -216,7 +230,9 @@ class HopeConfig(TransformerConfig):
         return self.hope_variant in CMS_VARIANTS or self.cms_levels > 1
 
     def cms_widths(self) -> List[int]:
-        return list(self.cms_hidden_sizes) if self.cms_hidden_sizes is not None else [self.ffn_hidden_size] * self.cms_levels
+        if self.cms_hidden_sizes is not None:
+            return list(self.cms_hidden_sizes)
+        return [self.ffn_hidden_size] * self.cms_levels
 
     def has_attention(self) -> bool:
         return any(c in ATTENTION_LETTERS for c in self.layer_letters())
