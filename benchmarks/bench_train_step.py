@@ -10,8 +10,11 @@ over the timed iterations. Prints both rates and the ratio HOPE / transformer. C
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 
 def _param_count(argv) -> int:
