@@ -69,14 +69,18 @@ class HopeLM(nn.Module):
     def has_attention(self) -> bool:
         return any(c in "AW" for c in self.cfg["layer_letters"])
 
-    def forward(self, tokens: torch.Tensor, state: Optional[StreamState] = None, return_state: bool = False):
-        """tokens [B, L] -> logits [B, L, V] (fp32 math as stored); with return_state also the new StreamState."""
+    def forward(self, tokens: torch.Tensor, state: Optional[StreamState] = None, return_state: bool = False,
+                last_only: bool = False):
+        """tokens [B, L] -> logits [B, L, V] (fp32 math as stored); with return_state also the new StreamState.
+        last_only: logits of the last position only ([B, 1, V]; streaming a prompt needs no more)."""
         x = self.embedding.word_embeddings(tokens)
         layer_states = state.layers if state is not None else [None] * len(self.decoder.layers)
         new_states = []
         for layer, st in zip(self.decoder.layers, layer_states):
             x, st = layer(x, st)
             new_states.append(st)
+        if last_only:
+            x = x[:, -1:]
         x = self.decoder.final_layernorm(x)
         w = self.embedding.word_embeddings.weight if self.tied else self.output_layer.weight
         logits = F.linear(x, w)
@@ -100,6 +104,7 @@ class HopeLM(nn.Module):
             tgt = tokens[:, s + 1:s + 1 + piece.shape[1]]
             lp = torch.log_softmax(logits[:, :tgt.shape[1]].float(), dim=-1)
             out.append(-lp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1))
+            del logits, lp  # the next segment's call must not overlap this one's [B, S, V] logits
         return torch.cat(out, dim=1)
 
     @torch.no_grad()
@@ -109,7 +114,8 @@ class HopeLM(nn.Module):
         carried state. Returns the new tokens [B, n] (n <= max_new_tokens; stops early when every row hit eos_id)."""
         logits = None
         for s in range(0, prompt.shape[1], segment):
-            logits, state = self(prompt[:, s:s + segment], state, return_state=True)
+            logits = None
+            logits, state = self(prompt[:, s:s + segment], state, return_state=True, last_only=True)
         out = []
         nxt = logits[:, -1].argmax(-1)
         for i in range(max_new_tokens):

@@ -52,7 +52,7 @@ def test_plain_model_equals_megatron(converted, case):
         assert torch.equal(gen, seq[:, 6:])
 
 
-@pytest.mark.parametrize("case", ["hope", "hybrid"])
+@pytest.mark.parametrize("case", W.ROUND_TRIP)
 def test_round_trip_is_bitwise(converted, case):
     from safetensors.torch import load_file
 

@@ -1,0 +1,234 @@
+"""Needle-in-a-haystack recall from 1k to 512k tokens (issue 7 item 5; Titans Table 2's S-NIAH-PK/N/W, hope_math §9).
+
+    python -m hope_megatron.eval.niah --checkpoint OUT [--lengths 1k,2k,4k,8k] [--depths 0,0.25,0.5,0.75,1]
+        [--needles passkey,number,word,uuid] [--trials 2] [--haystack data/eval/niah/essays.jsonl]
+
+A prompt is exactly `length` tokens: haystack tokens, the needle sentence placed after a `depth` fraction of the
+haystack tokens, more haystack, then the question; the model greedily continues and the trial counts as recalled when
+the continuation starts with the answer's tokens. Haystack: the fetched Paul Graham essays (tools/fetch_eval_data.py;
+never committed) or any .jsonl/.txt (public-domain books from the demo corpus work), cycled when too short.
+
+Memory variants read the prompt in `--segment`-token pieces with the carried state (hope_math §7.2), so their memory
+stays flat in the length; attention variants keep a KV cache and are run only while the estimated cache and score
+memory fits `--memory-budget-gb`; longer cells are marked "beyond" (not run). `--measure-memory` records each cell's
+peak torch CPU allocation during the model's work (torch profiler memory events; the prompt ids are allocated before
+it starts). Writes JSON, and with `--plot` a recall heatmap PNG (length x depth).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import string
+import time
+import uuid as _uuid
+import zlib
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from hope_megatron.eval.common import default_output, load, read_texts, run_info, write_json
+
+NEEDLES = ("passkey", "number", "word", "uuid")
+WORDS = ("apple", "river", "candle", "marble", "falcon", "velvet", "harbor", "meadow", "copper", "lantern", "orchid",
+         "glacier", "saddle", "thunder", "willow", "pepper")
+
+
+def parse_length(text: str) -> int:
+    text = text.strip().lower()
+    return int(float(text[:-1]) * 1024) if text.endswith("k") else int(text)
+
+
+def make_needle(kind: str, rng: random.Random) -> Tuple[str, str, str]:
+    """(needle sentence, question ending where the answer starts, answer) of one needle kind (RULER-style wording)."""
+    key = "".join(rng.choice(string.ascii_lowercase) for _ in range(6))
+    if kind == "passkey":
+        ans = str(rng.randint(10000, 99999))
+        return (f" The pass key is {ans}. Remember it. {ans} is the pass key. ",
+                " What is the pass key? The pass key is", f" {ans}")
+    if kind == "number":
+        ans = str(rng.randint(1000000, 9999999))
+    elif kind == "word":
+        ans = rng.choice(WORDS)
+    elif kind == "uuid":
+        ans = str(_uuid.UUID(int=rng.getrandbits(128)))
+    else:
+        raise ValueError(f"needle kind {kind!r} is unknown; use one of {', '.join(NEEDLES)}.")
+    noun = {"number": "number", "word": "word", "uuid": "uuid"}[kind]
+    return (f" One of the special magic {noun}s for {key} is: {ans}. ",
+            f" What is the special magic {noun} for {key} mentioned in the provided text? The special magic {noun} "
+            f"for {key} mentioned in the provided text is", f" {ans}")
+
+
+def build_prompt(haystack: List[int], needle: List[int], question: List[int], length: int, depth: float,
+                 offset: int = 0) -> Tuple[List[int], int]:
+    """Exactly `length` token ids: H[:p] + needle + H[p:fill] + question with fill = length - |needle| - |question|
+    haystack tokens (cycled from `offset`) and p = round(depth * fill). Returns (ids, needle start index p)."""
+    if not 0.0 <= depth <= 1.0:
+        raise ValueError(f"depth={depth} must lie in [0, 1] (fraction of the haystack before the needle).")
+    fill = length - len(needle) - len(question)
+    if fill < 0:
+        raise ValueError(f"length={length} is shorter than the needle and question ({len(needle) + len(question)} "
+                         f"tokens); use a longer context length.")
+    if not haystack:
+        raise ValueError("the haystack has no tokens; point --haystack at a non-empty .jsonl/.txt file.")
+    reps = (offset + fill) // len(haystack) + 1
+    hay = (haystack * reps)[offset:offset + fill]
+    p = int(round(depth * fill))
+    return hay[:p] + needle + hay[p:] + question, p
+
+
+def attention_bytes(cfg: dict, length: int, segment: int) -> int:
+    """Estimated peak bytes of an attention model reading `length` tokens: fp32 KV cache + one segment's scores."""
+    letters = cfg["layer_letters"]
+    n_attn = sum(c in "AW" for c in letters)
+    if n_attn == 0:
+        return 0
+    span = min(length, cfg["swa_window"] + segment) if all(c == "W" for c in letters if c in "AW") else length
+    kv = n_attn * 2 * cfg["num_query_groups"] * cfg["kv_channels"] * span * 4
+    scores = 3 * cfg["num_attention_heads"] * segment * span * 4
+    return kv + scores
+
+
+def peak_alloc_bytes(fn):
+    """(result, peak bytes of torch CPU allocations made during fn above the level at its start)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    cur = peak = 0
+    for _, n in events:
+        cur += n
+        peak = max(peak, cur)
+    return out, peak
+
+
+@torch.no_grad()
+def run_trial(model, prompt: torch.Tensor, answer: List[int], segment: int) -> bool:
+    out = model.generate(prompt, max_new_tokens=len(answer), segment=segment)
+    return out[0].tolist() == answer
+
+
+def evaluate(model, tokenizer, cfg: dict, haystack: List[int], lengths: List[int], depths: List[float],
+             kinds: List[str], trials: int, segment: int, budget_bytes: float, measure_memory: bool = False,
+             seed: int = 0) -> List[Dict[str, object]]:
+    cells = []
+    for length in lengths:
+        need = attention_bytes(cfg, length, segment)
+        for kind in kinds:
+            for depth in depths:
+                cell = {"length": length, "depth": depth, "needle": kind, "trials": trials}
+                if need > budget_bytes:
+                    cell.update(status="beyond", recall=None, estimated_bytes=need)
+                    cells.append(cell)
+                    continue
+                hits, peaks, t0 = 0, [], time.time()
+                for trial in range(trials):
+                    rng = random.Random(zlib.crc32(repr((seed, length, kind, depth, trial)).encode()))
+                    needle, question, answer = make_needle(kind, rng)
+                    ids, pos = build_prompt(haystack, tokenizer.tokenize(needle), tokenizer.tokenize(question), length,
+                                            depth, offset=rng.randrange(len(haystack)))
+                    prompt = torch.tensor([ids], dtype=torch.long)
+                    ans = tokenizer.tokenize(answer)
+                    if measure_memory:
+                        ok, peak = peak_alloc_bytes(lambda: run_trial(model, prompt, ans, segment))
+                        peaks.append(peak)
+                    else:
+                        ok = run_trial(model, prompt, ans, segment)
+                    hits += int(ok)
+                cell.update(status="run", recall=hits / trials, seconds=time.time() - t0)
+                if peaks:
+                    cell["peak_bytes"] = max(peaks)
+                cells.append(cell)
+                print(f"niah {kind} length {length} depth {depth:.2f}: recall {hits}/{trials}"
+                      + (f" peak {max(peaks) / 2**20:.1f} MiB" if peaks else ""), flush=True)
+    return cells
+
+
+def recall_grid(cells, lengths, depths) -> List[List[Optional[float]]]:
+    """Mean recall over needle kinds per (depth row, length column); None where beyond."""
+    grid = []
+    for d in depths:
+        row = []
+        for n in lengths:
+            vals = [c["recall"] for c in cells if c["length"] == n and c["depth"] == d and c["recall"] is not None]
+            row.append(sum(vals) / len(vals) if vals else None)
+        grid.append(row)
+    return grid
+
+
+def plot_heatmap(result: dict, path: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    lengths, depths = result["lengths"], result["depths"]
+    grid = np.array([[np.nan if v is None else v for v in row] for row in result["grid"]], dtype=float)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(lengths), 1.0 + 0.5 * len(depths)))
+    im = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+    ax.set_xticks(range(len(lengths)), [f"{n // 1024}k" if n >= 1024 else str(n) for n in lengths])
+    ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
+    for i in range(len(depths)):
+        for j in range(len(lengths)):
+            ax.text(j, i, "beyond" if np.isnan(grid[i, j]) else f"{grid[i, j]:.2f}", ha="center", va="center",
+                    fontsize=7)
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("needle depth")
+    ax.set_title(f"NIAH recall: {result['run']['variant']}")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Needle-in-a-haystack recall of a converted HOPE checkpoint.")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--lengths", default="1k,2k,4k,8k,16k,32k,64k,128k,256k,512k")
+    p.add_argument("--depths", default="0,0.25,0.5,0.75,1")
+    p.add_argument("--needles", default=",".join(NEEDLES))
+    p.add_argument("--trials", type=int, default=2, help="prompts per (needle, length, depth) cell")
+    p.add_argument("--haystack", default="data/eval/niah/essays.jsonl", help=".jsonl (text field) or .txt")
+    p.add_argument("--segment", type=int, default=2048, help="tokens per streamed call")
+    p.add_argument("--memory-budget-gb", type=float, default=None, help="attention cells above it are 'beyond' "
+                   "(default: half of the available memory)")
+    p.add_argument("--measure-memory", action="store_true", help="record peak torch allocations per cell")
+    p.add_argument("--plot", default=None, help="heatmap PNG path")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--output", default=None, help="JSON path (default CHECKPOINT/eval/niah.json)")
+    return p
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    model, tokenizer, cfg = load(args.checkpoint, args.threads)
+    texts = read_texts(args.haystack)
+    haystack = [t for text in texts for t in tokenizer.tokenize(text)]
+    if args.memory_budget_gb is None:
+        import psutil
+
+        budget = psutil.virtual_memory().available / 2
+    else:
+        budget = args.memory_budget_gb * 2**30
+    lengths = [parse_length(x) for x in args.lengths.split(",")]
+    depths = [float(x) for x in args.depths.split(",")]
+    kinds = [k.strip() for k in args.needles.split(",")]
+    cells = evaluate(model, tokenizer, cfg, haystack, lengths, depths, kinds, args.trials, args.segment, budget,
+                     args.measure_memory, args.seed)
+    out = {"kind": "niah", "run": run_info(args.checkpoint), "lengths": lengths, "depths": depths, "needles": kinds,
+           "haystack": args.haystack, "segment": args.segment, "memory_budget_bytes": budget, "cells": cells}
+    out["grid"] = recall_grid(cells, lengths, depths)
+    path = write_json(args.output or default_output(args.checkpoint, "niah"), out)
+    print(f"wrote {path}")
+    if args.plot:
+        print(f"wrote {plot_heatmap(out, args.plot)}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

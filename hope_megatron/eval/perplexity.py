@@ -1,0 +1,144 @@
+"""Loss and perplexity of a converted checkpoint per dataset (issue 7 item 3).
+
+    python -m hope_megatron.eval.perplexity --checkpoint OUT --data-path data/demo [--seq-length 512] [--max-samples 64]
+
+--data-path takes (repeatable) a .jsonl file (`text` field), a .txt file, a megatron indexed-dataset PREFIX
+(PREFIX.bin/.idx), or a directory of .jsonl files (the demo corpus: one result per domain). `--named-sets` adds the
+long-document substitutes built from the demo corpus: "PG19-like" (its pre-1919 Gutenberg books: drama and poetry)
+and "Wiki-like" (its Wikipedia articles). They are NOT PG19 or WikiText (not obtainable here, data_sources.md §6)
+and are always reported under those names. Documents are taken from the end of each file (`--max-docs`), which is
+held out only if training did not see them: say so when quoting numbers.
+
+Evaluation: the documents are joined with the end-of-document token into one stream and cut into non-overlapping
+windows of seq_length + 1 tokens (megatron's evaluation samples); loss = mean next-token NLL over every predicted
+token, ppl = exp(loss). `--stream` instead reads each document whole with the carried state, `--stream-segment`
+tokens at a time (the long-context regime of memory models). Prints one `NAME loss: L ppl: X tokens: N` line per set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from typing import Dict, List
+
+import torch
+
+from hope_megatron.eval.common import default_output, load, read_texts, run_info, write_json
+
+NAMED_SETS = {"PG19-like": ("drama.jsonl", "poetry.jsonl"), "Wiki-like": ("encyclopedia.jsonl",)}
+
+
+def load_token_docs(path: str, tokenizer, max_docs: int) -> List[List[int]]:
+    """Token lists of the last `max_docs` documents of a jsonl/txt file or an indexed-dataset prefix."""
+    if os.path.isfile(path + ".idx") and os.path.isfile(path + ".bin"):
+        from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+        ds = IndexedDataset(path)
+        idx = ds.document_indices
+        n_docs = len(idx) - 1
+        docs = []
+        for d in range(max(0, n_docs - max_docs), n_docs):
+            docs.append([int(t) for s in range(idx[d], idx[d + 1]) for t in ds[s]])
+        return docs
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--data-path {path} is neither a file nor an indexed-dataset prefix (PREFIX.bin/.idx); "
+                                f"fetch the data first (tools/fetch_demo_corpus.py) or fix the path.")
+    return [tokenizer.tokenize(t) for t in read_texts(path, limit=max_docs, from_end=True)]
+
+
+def windows(docs: List[List[int]], eod: int, seq_length: int, max_samples: int) -> torch.Tensor:
+    """Non-overlapping [n, seq_length + 1] samples of the EOD-joined stream."""
+    stream: List[int] = []
+    for d in docs:
+        stream.extend(d)
+        stream.append(eod)
+    n = min(max(len(stream) - 1, 0) // seq_length, max_samples)
+    if n == 0:
+        raise ValueError(f"the data holds {len(stream)} tokens, fewer than one window of seq_length + 1 = "
+                         f"{seq_length + 1}; lower --seq-length or give more documents.")
+    return torch.tensor([stream[i * seq_length:(i + 1) * seq_length + 1] for i in range(n)], dtype=torch.long)
+
+
+@torch.no_grad()
+def window_nll(model, samples: torch.Tensor, batch_size: int, segment: int) -> torch.Tensor:
+    """Per-token NLL [n, seq_length] of every window (each window is its own sequence: state starts fresh)."""
+    out = []
+    for i in range(0, samples.shape[0], batch_size):
+        out.append(model.token_nll(samples[i:i + batch_size], segment=segment))
+    return torch.cat(out, dim=0)
+
+
+@torch.no_grad()
+def stream_nll(model, docs: List[List[int]], segment: int, max_tokens: int) -> torch.Tensor:
+    """NLL of each whole document read with carried state (documents start fresh), at most max_tokens per document."""
+    out = [model.token_nll(torch.tensor([d[:max_tokens]]), segment=segment)[0] for d in docs if len(d) > 1]
+    return torch.cat(out)
+
+
+def evaluate_set(model, tokenizer, name: str, paths: List[str], args) -> Dict[str, object]:
+    docs: List[List[int]] = []
+    for p in paths:
+        docs.extend(load_token_docs(p, tokenizer, args.max_docs))
+    if args.stream:
+        nll = stream_nll(model, docs, args.stream_segment, args.max_tokens_per_doc)
+    else:
+        nll = window_nll(model, windows(docs, tokenizer.eod, args.seq_length, args.max_samples), args.batch_size,
+                         args.stream_segment).reshape(-1)
+    loss = float(nll.double().mean())
+    return {"name": name, "paths": paths, "documents": len(docs), "tokens": int(nll.numel()), "loss": loss,
+            "ppl": math.exp(min(loss, 700.0)), "mode": "stream" if args.stream else f"windows of {args.seq_length}"}
+
+
+def dataset_sets(data_paths: List[str], named_sets: bool) -> Dict[str, List[str]]:
+    """{name: [paths]}: a directory expands to one set per .jsonl file (per domain), plus the named substitutes."""
+    sets: Dict[str, List[str]] = {}
+    for p in data_paths:
+        if os.path.isdir(p):
+            files = sorted(f for f in os.listdir(p) if f.endswith(".jsonl"))
+            for f in files:
+                sets[os.path.splitext(f)[0]] = [os.path.join(p, f)]
+            if named_sets:
+                for name, members in NAMED_SETS.items():
+                    found = [os.path.join(p, m) for m in members if m in files]
+                    if found:
+                        sets[name] = found
+        else:
+            sets[os.path.basename(p).replace(".jsonl", "")] = [p]
+    return sets
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Perplexity of a converted HOPE checkpoint per dataset.")
+    p.add_argument("--checkpoint", required=True, help="directory written by checkpoints_convert/convert_to_torch.py")
+    p.add_argument("--data-path", nargs="+", required=True, help=".jsonl/.txt files, indexed PREFIXes or directories")
+    p.add_argument("--seq-length", type=int, default=None, help="window length (default: the trained seq length)")
+    p.add_argument("--max-samples", type=int, default=64, help="windows per set")
+    p.add_argument("--max-docs", type=int, default=20, help="documents per file, taken from its end")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--named-sets", action="store_true", help="add the PG19-like and Wiki-like sets of a demo directory")
+    p.add_argument("--stream", action="store_true", help="read whole documents with carried state")
+    p.add_argument("--stream-segment", type=int, default=2048, help="tokens per streamed call")
+    p.add_argument("--max-tokens-per-doc", type=int, default=65536)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--output", default=None, help="JSON path (default CHECKPOINT/eval/perplexity.json)")
+    return p
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    model, tokenizer, cfg = load(args.checkpoint, args.threads)
+    args.seq_length = args.seq_length or int(cfg["seq_length"])
+    results = []
+    for name, paths in dataset_sets(args.data_path, args.named_sets).items():
+        r = evaluate_set(model, tokenizer, name, paths, args)
+        results.append(r)
+        print(f"{name} loss: {r['loss']:.4f} ppl: {r['ppl']:.3f} tokens: {r['tokens']}", flush=True)
+    out = {"kind": "perplexity", "run": run_info(args.checkpoint), "seq_length": args.seq_length, "results": results}
+    path = write_json(args.output or default_output(args.checkpoint, "perplexity"), out)
+    print(f"wrote {path}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Forgetting on synthetic matrices with known answers; bootstrap CI brackets the point estimate; test-time CMS with
+all-zero learning rates reproduces the static model's streamed losses and updates fire only at multiples of P_l."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hope_megatron.eval.continual import bootstrap_af, forgetting
+from hope_megatron.inference.cms_stream import TestTimeCMS, TestTimeCMSConfig
+from tests.unit.eval.helpers import tiny_model
+
+
+def test_forgetting_known_answer():
+    # row 0 = before any segment; row i = after segment i; columns = segments (losses)
+    m = [[5.0, 5.0, 5.0],
+         [2.0, 4.0, 5.0],   # learned segment 0
+         [1.8, 1.5, 4.5],   # learned 1 (segment 0 still improved to 1.8)
+         [3.0, 1.0, 1.0]]   # learned 2: segment 0 at 3.0 (best 1.8), segment 1 at 1.0 (improved: negative)
+    r = forgetting(m)
+    assert r["forgetting"] == pytest.approx([1.2, -0.5])
+    assert r["average_forgetting"] == pytest.approx(0.35)
+    assert r["bwt"] == pytest.approx([1.0, -0.5])
+    assert r["average_bwt"] == pytest.approx(0.25)
+    square = forgetting(np.asarray(m)[1:])  # mode A: no "before" row
+    assert square["forgetting"] == pytest.approx([1.2, -0.5])
+
+
+def test_bootstrap_ci_brackets_point():
+    rng = np.random.default_rng(0)
+    base = np.array([[5, 5], [2, 4], [3, 1]], dtype=float)
+    per_seed = [base[:, :, None] + 0.1 * rng.standard_normal((3, 2, 30)) for _ in range(3)]
+    point, lo, hi = bootstrap_af(per_seed, n_boot=300)
+    assert point == pytest.approx(1.0, abs=0.1)
+    assert lo <= point <= hi and hi - lo < 0.2
+
+
+def test_zero_lr_is_static_and_updates_fire_on_period():
+    model = tiny_model("hope", chunk=8, cms_widths=(16, 16))
+    tokens = torch.randint(0, 256, (1, 96), generator=torch.Generator().manual_seed(1))
+    static = model.token_nll(tokens, segment=16)
+    ttc = TestTimeCMS(model, TestTimeCMSConfig(periods=[16, 48], lr=[0.0, 0.0], clip=[1.0, 1.0], momentum=[0.0, 0.0]))
+    streamed = torch.cat([ttc.feed(tokens[:, :40]), ttc.feed(tokens[:, 40:])], dim=1)
+    assert float((streamed - static).abs().max() / static.abs().max()) <= 1e-6
+    assert ttc.updates == {0: 6, 1: 2}
+
+    model2 = tiny_model("hope", chunk=8, cms_widths=(16, 16))
+    before = {n: p.detach().clone() for n, p in model2.named_parameters()}
+    ttc2 = TestTimeCMS(model2, TestTimeCMSConfig(periods=[16, 48], lr=[1e-2, 1e-2], clip=[1.0, 1.0],
+                                                 momentum=[0.9, 0.0]))
+    ttc2.feed(tokens[:, :40])  # 40 tokens: level 0 fired twice, level 1 not yet
+    changed = {n for n, p in model2.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(".mlp.levels.0." in n for n in changed)
+    assert ttc2.updates == {0: 2, 1: 0}

@@ -1,0 +1,72 @@
+"""The lm-eval adapter `hope` scores 20 PIQA-like items exactly as a direct log-likelihood computation: per-choice
+log-likelihoods (1e-5), and lm-eval's acc / acc_norm equal the argmax of those sums (divided by the choice length in characters for acc_norm)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from tests.unit.eval.helpers import ByteTokenizer, tiny_model
+
+pytest.importorskip("lm_eval")
+
+
+def _items(path, n=20):
+    rng = random.Random(0)
+    words = ["water", "cup", "stone", "paper", "knife", "rope", "glue", "bread", "oven", "box", "wood", "salt"]
+    rows = []
+    for i in range(n):
+        goal = f"How do I {rng.choice(words)} the {rng.choice(words)}?"
+        sols = [" ".join(rng.choice(words) for _ in range(rng.randint(2, 6))) for _ in range(2)]
+        rows.append({"goal": goal, "sol1": sols[0], "sol2": sols[1], "label": i % 2})
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    return rows
+
+
+def _direct(model, tok, ctx, cont):
+    """sum log p(cont | ctx), the whole string tokenised and split at the context's length."""
+    c, w = tok.tokenize(ctx), tok.tokenize(ctx + cont)
+    ids = torch.tensor([w])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids[:, :-1]).float(), dim=-1)[0]
+    return float(sum(logp[i - 1, w[i]] for i in range(len(c), len(w))))
+
+
+def test_adapter_equals_direct_loglikelihood(tmp_path, monkeypatch):
+    import lm_eval
+
+    from hope_megatron.eval import zeroshot
+    from hope_megatron.eval.lm_eval_adapter import HopeEvalLM
+    from hope_megatron.eval.tasks import task_config
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    path = tmp_path / "piqa.jsonl"
+    rows = _items(path)
+    model, tok = tiny_model("hope", vocab=260, chunk=16), ByteTokenizer()
+    lm = HopeEvalLM(model=model, tokenizer=tok, batch_size=3, max_length=512)
+
+    class Req:  # the Instance fields the adapter reads
+        def __init__(self, args):
+            self.args = args
+
+    reqs = [Req((f"Question: {r['goal']}\nAnswer:", " " + r[s])) for r in rows for s in ("sol1", "sol2")]
+    got = [ll for ll, _ in lm.loglikelihood(reqs, disable_tqdm=True)]
+    want = [_direct(model, tok, *q.args) for q in reqs]
+    assert max(abs(a - b) / abs(b) for a, b in zip(got, want)) <= 1e-5
+
+    zeroshot.offline_env()
+    res = lm_eval.simple_evaluate(model=lm, tasks=[task_config("piqa", path=str(path))], num_fewshot=0,
+                                  bootstrap_iters=0)["results"]["piqa_local"]
+    argmax = lambda xs: max(range(len(xs)), key=lambda k: (xs[k], -k))  # noqa: E731 - first index wins ties
+    acc = sum(int(argmax(want[2 * i:2 * i + 2]) == r["label"]) for i, r in enumerate(rows)) / len(rows)
+    norm = []
+    for i, r in enumerate(rows):
+        scores = [want[2 * i + k] / len(r[s]) for k, s in enumerate(("sol1", "sol2"))]  # lm-eval: choice chars
+        norm.append(int(argmax(scores) == r["label"]))
+    assert res["acc,none"] == pytest.approx(acc, abs=1e-12)
+    assert res["acc_norm,none"] == pytest.approx(sum(norm) / len(norm), abs=1e-12)
