@@ -30,12 +30,12 @@ import copy
 import json
 import os
 import random
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 import torch
 
-from hope_megatron.eval.common import load, load_tokenizer, read_texts, run_info, write_json
+from hope_megatron.eval.common import load_tokenizer, read_texts, run_info, write_json
 from hope_megatron.inference import load_model
 
 
@@ -121,43 +121,6 @@ def mode_b(spec, evalsets, tokenizer, seed: int) -> np.ndarray:
     return np.asarray(rows)
 
 
-def plot(result: dict, out_dir: str) -> List[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = result["segments"]
-    m = np.asarray(result["matrix"])
-    paths = []
-    fig, ax = plt.subplots(figsize=(1.5 + len(names), 1.2 + 0.6 * m.shape[0]))
-    im = ax.imshow(m, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(names)), names)
-    ax.set_yticks(range(m.shape[0]), result["row_labels"])
-    for i in range(m.shape[0]):
-        for j in range(m.shape[1]):
-            ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", color="w", fontsize=8)
-    ax.set_xlabel("evaluated segment")
-    ax.set_title(f"loss matrix, mode {result['mode']}")
-    fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    paths.append(os.path.join(out_dir, f"continual_{result['mode']}_matrix.png"))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    for j, n in enumerate(names):
-        ax.plot(range(m.shape[0]), m[:, j], marker="o", label=n)
-    ax.set_xticks(range(m.shape[0]), result["row_labels"], rotation=20)
-    ax.set_ylabel("loss")
-    ax.legend(fontsize=7)
-    ax.set_title("loss of each segment across stages")
-    fig.tight_layout()
-    paths.append(os.path.join(out_dir, f"continual_{result['mode']}_curves.png"))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
-    return paths
-
-
 def run(spec: dict, mode: str, seeds: List[int], n_boot: int = 1000) -> dict:
     names = [s["name"] for s in spec["segments"]]
     if mode == "A" and len(spec.get("checkpoints", [])) != len(names):
@@ -206,7 +169,9 @@ def main(argv=None) -> dict:
           f"{res['average_forgetting_ci'][2]:.4f})")
     if a.plot_dir:
         os.makedirs(a.plot_dir, exist_ok=True)
-        res["plots"] = plot(res, a.plot_dir)
+        from hope_megatron.eval.plots import plot_continual
+
+        res["plots"] = plot_continual(res, a.plot_dir)
     path = write_json(a.output or os.path.join("runs", "eval", f"continual_{mode}.json"), res)
     print(f"wrote {path}")
     return res

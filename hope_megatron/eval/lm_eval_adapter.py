@@ -14,14 +14,24 @@ from __future__ import annotations
 from typing import List, Optional, Tuple
 
 import torch
-from lm_eval.api.model import TemplateLM
-from lm_eval.api.registry import register_model
+
+try:  # lm-eval is the `eval` extra; the module must import without it (tests/unit/test_platform.py)
+    from lm_eval.api.model import TemplateLM
+    from lm_eval.api.registry import register_model
+except ImportError:  # pragma: no cover - exercised only without lm-eval
+    TemplateLM = object
+
+    def register_model(name):
+        return lambda cls: cls
 
 
 @register_model("hope")
 class HopeEvalLM(TemplateLM):
     def __init__(self, checkpoint: Optional[str] = None, model=None, tokenizer=None, batch_size: int = 8,
                  max_length: Optional[int] = None, max_gen_toks: int = 64, segment: int = 2048, **kwargs):
+        if TemplateLM is object:
+            raise ImportError("the `hope` lm-eval adapter needs lm-eval; install it with `pip install -e '.[eval]'` "
+                              "(lm-eval==0.4.13).")
         super().__init__()
         if model is None:
             if checkpoint is None:
@@ -69,9 +79,9 @@ class HopeEvalLM(TemplateLM):
                 batch[k, :len(inp)] = torch.tensor(inp, dtype=torch.long)  # right padding: causal, so exact
             logp = torch.log_softmax(self.model(batch).float(), dim=-1)
             for k, (i, inp, cont) in enumerate(chunk):
-                n = len(cont)
+                n = min(len(cont), len(inp))  # a continuation longer than the window: its last n tokens (as HF)
                 lp = logp[k, len(inp) - n:len(inp)]
-                tgt = torch.tensor(cont, dtype=torch.long)
+                tgt = torch.tensor(cont[len(cont) - n:], dtype=torch.long)
                 out[i] = (float(lp.gather(-1, tgt[:, None]).sum()), bool((lp.argmax(-1) == tgt).all()))
         return out  # type: ignore[return-value]
 

@@ -158,33 +158,6 @@ def recall_grid(cells, lengths, depths) -> List[List[Optional[float]]]:
     return grid
 
 
-def plot_heatmap(result: dict, path: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    lengths, depths = result["lengths"], result["depths"]
-    grid = np.array([[np.nan if v is None else v for v in row] for row in result["grid"]], dtype=float)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(lengths), 1.0 + 0.5 * len(depths)))
-    im = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
-    ax.set_xticks(range(len(lengths)), [f"{n // 1024}k" if n >= 1024 else str(n) for n in lengths])
-    ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
-    for i in range(len(depths)):
-        for j in range(len(lengths)):
-            ax.text(j, i, "beyond" if np.isnan(grid[i, j]) else f"{grid[i, j]:.2f}", ha="center", va="center",
-                    fontsize=7)
-    ax.set_xlabel("context length (tokens)")
-    ax.set_ylabel("needle depth")
-    ax.set_title(f"NIAH recall: {result['run']['variant']}")
-    fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Needle-in-a-haystack recall of a converted HOPE checkpoint.")
     p.add_argument("--checkpoint", required=True)
@@ -226,6 +199,8 @@ def main(argv=None) -> dict:
     path = write_json(args.output or default_output(args.checkpoint, "niah"), out)
     print(f"wrote {path}")
     if args.plot:
+        from hope_megatron.eval.plots import plot_heatmap
+
         print(f"wrote {plot_heatmap(out, args.plot)}")
     return out
 

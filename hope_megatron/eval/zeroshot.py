@@ -77,6 +77,8 @@ def main(argv=None) -> dict:
     p.add_argument("--data-dir", default="data/eval")
     p.add_argument("--limit", type=int, default=None, help="items per task (default all)")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=None, help="tokens of context+continuation kept (left-truncated; "
+                   "default the trained seq length)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--output", default=None, help="JSON path (default CHECKPOINT/eval/zeroshot.json)")
     p.add_argument("--markdown", default=None, help="also write the markdown table here")
@@ -84,7 +86,7 @@ def main(argv=None) -> dict:
     from hope_megatron.eval.lm_eval_adapter import HopeEvalLM
 
     model, tok, cfg = load(a.checkpoint, a.threads)
-    lm = HopeEvalLM(model=model, tokenizer=tok, batch_size=a.batch_size)
+    lm = HopeEvalLM(model=model, tokenizer=tok, batch_size=a.batch_size, max_length=a.max_length)
     tasks = [t.strip() for t in a.tasks.split(",") if t.strip()]
     results = evaluate(lm, tasks, a.data_dir, a.limit)
     n_params = sum(x.numel() for x in model.parameters())
