@@ -66,6 +66,10 @@ class Demo:
     def split_file(self, domain, kind):
         return os.path.join(self.split_dir, f"{domain}.{kind}.jsonl")
 
+    def half(self):
+        """The first training launch stops here (--exit-interval); the second resumes from its checkpoint."""
+        return self.args.train_iters // 2
+
     def elapsed(self):
         s = int(time.monotonic() - self.t0)
         return f"{s // 60}:{s % 60:02d}"
@@ -123,6 +127,8 @@ def corpus_done(d):
 
 def corpus_do(d):
     if d.args.corpus_dir:
+        if d.domains():
+            return d.corpus
         raise StepFailed(f"--corpus-dir {d.corpus} has no *.jsonl files; give a folder of jsonl files with a 'text' key.")
     cmd = [PY, "tools/fetch_demo_corpus.py", "--out-dir", d.corpus, "--max-mb", str(d.args.max_mb)]
     run(d, "corpus", cmd + (["--offline"] if d.args.offline else []))
@@ -448,7 +454,6 @@ def _terminate(signum, frame):
 def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, _terminate)  # a killed demo (CI timeout) also ends the step it is running
     d = Demo(get_args(argv))
-    d.half = lambda: d.args.train_iters // 2
     if d.args.force and os.path.isdir(d.work):
         for sub in ("pieces", "tokenizer", "shards", "checkpoints", "torch", "eval", "tensorboard", "data_cache"):
             shutil.rmtree(os.path.join(d.work, sub), ignore_errors=True)
