@@ -22,6 +22,7 @@ setup(
         "numpy",
         "sentencepiece",
         "nltk",
+        "regex",  # GPT2BPETokenizer (nltk pulls it in too; we use it directly)
         "tensorboard",
         "psutil",  # dist_checkpointing's torch_dist save needs it; megatron-core does not declare it
         "pyyaml",
@@ -31,8 +32,8 @@ setup(
         # GPU clusters only: the window megatron-core 0.16.1 supports. NVIDIA apex is optional and never required
         # (and the PyPI package called `apex` is an unrelated web toolkit: never install it).
         "gpu": ["transformer-engine[pytorch]>=2.9.0a0,<2.12.0"],
-        "eval": ["lm-eval>=0.4.5,<0.5", "matplotlib", "pyarrow"],
-        "dev": ["pytest>=8", "matplotlib", "pyarrow"],
+        "eval": ["lm-eval==0.4.13", "matplotlib", "pyarrow"],  # tasks.py copies 0.4.13's prompts
+        "dev": ["pytest>=8", "lm-eval==0.4.13", "matplotlib", "pyarrow"],
     },
     entry_points={"console_scripts": ["hope-train=hope_megatron.train:main"]},
 )
