@@ -92,9 +92,31 @@ def build_gpt_datasets(
         create_attention_mask=create_attention_mask,
         mmap_bin_files=True,
     )
+    if blend is not None:
+        _check_every_split_has_documents(blend[0], config.split_matrix, sizes, split)
     cls = MockGPTDataset if mock else GPTDataset
     train, valid, test = BlendedMegatronDatasetBuilder(cls, sizes, is_built_on_rank or _build_on_this_rank, config).build()
     return train, valid, test
+
+
+def _check_every_split_has_documents(prefixes, split_matrix, sizes, split) -> None:
+    """megatron's GPTDataset loops forever building the sample index of a split that asks for samples but holds no
+    document (e.g. the 0.1% test part of "969,30,1" on a small corpus), even when it is asked for no sample: refuse
+    it before any index is built. A split whose --split weight is 0 is not built at all and is fine."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    names = ("train", "validation", "test")
+    for prefix in prefixes:
+        n_docs = IndexedDataset(prefix).document_indices.shape[0] - 1
+        for i, bounds in enumerate(split_matrix):
+            if bounds is None:
+                continue
+            n = int(round(bounds[1] * n_docs)) - int(round(bounds[0] * n_docs))
+            if n <= 0:
+                raise ValueError(
+                    f"--split {split} gives the {names[i]} split no document of {prefix} ({n_docs} documents), and "
+                    f"megatron cannot build an empty split; give it a larger share, or weight 0 to drop it "
+                    f"(e.g. --split 98,2,0), or use a larger corpus.")
 
 
 def _build_on_this_rank() -> bool:

@@ -120,3 +120,16 @@ def test_blend_with_cache_dir_under_a_process_group(preprocess, tmp_path):
         dist.destroy_process_group()
     assert again[3]["tokens"].tolist() == first
     assert any(f.endswith("shuffle_index.npy") for f in os.listdir(tmp_path / "cache"))
+
+
+def test_split_without_documents_is_refused_not_looped(preprocess, tmp_path):
+    """60 documents and "969,30,1": the test split rounds to 0 documents, which megatron would loop on forever."""
+    a, _ = _two_prefixes(preprocess, tmp_path)
+    tok = build_tokenizer("NullTokenizer", vocab_size=20)
+    with pytest.raises(ValueError, match=r"gives the test split no document of .*\(60 documents\)"):
+        build_gpt_datasets([a], "969,30,1", seq_length=16, seed=7, train_valid_test_num_samples=[40, 4, 4], tokenizer=tok)
+    with pytest.raises(ValueError, match="cannot build an empty split"):  # megatron builds it even for 0 samples
+        build_gpt_datasets([a], "969,30,1", seq_length=16, seed=7, train_valid_test_num_samples=[40, 4, 0], tokenizer=tok)
+    train, valid, test = build_gpt_datasets([a], "98,2,0", seq_length=16, seed=7,
+                                            train_valid_test_num_samples=[40, 4, 0], tokenizer=tok)
+    assert len(train) >= 40 and len(valid) >= 4 and test is None  # megatron rounds up to whole epochs
