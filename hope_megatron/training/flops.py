@@ -21,6 +21,18 @@ ATTENTION_MIXERS = ("transformer", "hope_attention", "swa")
 
 
 @dataclasses.dataclass
+class MixerShape:
+    """One layer's mixer: attention (optionally windowed) or a Titans memory with its own op settings."""
+    kind: str = "memory"  # "attention" | "memory"
+    window: Optional[int] = None
+    num_memories: int = 5
+    momentum: bool = True
+    memory_depth: int = 2  # 1: one d_h x d_h matrix per memory instead of two (hope_math §2.2)
+    static_vector_channels: int = 0  # k̃, ṽ in_proj channels when those memories are off (hope_math §2.1)
+    static_scalar_channels: int = 0  # η̃, α̃ logits per head when M_η / M_α are off
+
+
+@dataclasses.dataclass
 class FlopsShape:
     num_layers: int
     hidden_size: int
@@ -38,22 +50,26 @@ class FlopsShape:
     memory_expansion: int = 1
     num_memories: int = 5  # k, v, eta, alpha, mem (1 without self-modification)
     momentum: bool = True
-    static_vector_channels: int = 2  # k̃, ṽ channels of in_proj (hope_math §2.1)
-    static_scalar_channels: int = 2  # eta, alpha logits per head
+    static_vector_channels: int = 0  # k̃, ṽ channels of in_proj, only for memories that are off (hope_math §2.1)
+    static_scalar_channels: int = 0  # eta, alpha logits per head, likewise
     cms_hidden_sizes: Optional[List[int]] = None  # one per CMS level; None: no CMS levels (plain MLP)
+    mixers: Optional[List[MixerShape]] = None  # per layer (hybrid patterns); None: every layer is `variant`'s mixer
 
 
 def from_args(args, config, vocab_size: int) -> FlopsShape:
     """The shape of the configured model (HopeConfig fields where present)."""
     variant = getattr(config, "hope_variant", "transformer")
-    levels = int(getattr(config, "cms_levels", 0) or 0) if variant != "transformer" else 0
+    uses_cms = getattr(config, "uses_cms", variant != "transformer")  # titans/deltanet/swa: one plain MLP
+    levels = int(getattr(config, "cms_levels", 0) or 0) if uses_cms else 0
     ffn = config.ffn_hidden_size
     cms = None
     if levels:
         cms = list(getattr(config, "cms_hidden_sizes", None) or [ffn] * levels)[:levels]
     heads = getattr(config, "memory_heads", None) or config.num_attention_heads
     self_mod = bool(getattr(config, "self_mod", True))
-    return FlopsShape(
+    mixers = [_mixer_of(config, letter) for letter in config.layer_letters()] if hasattr(config, "layer_letters") \
+        else None
+    return FlopsShape(mixers=mixers,
         num_layers=config.num_layers, hidden_size=config.hidden_size, seq_length=args.seq_length,
         vocab_size=vocab_size, ffn_hidden_size=ffn, num_attention_heads=config.num_attention_heads,
         kv_channels=config.kv_channels, num_query_groups=config.num_query_groups, swiglu=bool(config.gated_linear_unit),
@@ -64,40 +80,62 @@ def from_args(args, config, vocab_size: int) -> FlopsShape:
         momentum=bool(getattr(config, "inner_momentum", 0.9)), cms_hidden_sizes=cms)
 
 
+def _mixer_of(config, letter: str) -> MixerShape:
+    """The mixer of one layer letter (H/T/D memory, A/W attention) with the op settings the model builds it with."""
+    if letter in "AW":
+        return MixerShape(kind="attention", window=getattr(config, "swa_window", None) if letter == "W" else None)
+    op = config.to_op_config(letter)
+    static = op.static_channels()
+    return MixerShape(kind="memory", num_memories=len(op.memory_names()), momentum=bool(op.momentum),
+                      memory_depth=op.memory_depth,
+                      static_vector_channels=sum(c in ("k", "v") for c in static),
+                      static_scalar_channels=sum(c in ("eta", "alpha") for c in static))
+
+
 def _mlp(shape: FlopsShape, width: int) -> float:
     return 2.0 * (3 if shape.swiglu else 2) * shape.hidden_size * width
 
 
-def _attention(shape: FlopsShape) -> float:
+def _attention(shape: FlopsShape, window: Optional[int] = None) -> float:
     h, s = shape.hidden_size, shape.seq_length
     d = shape.kv_channels or h // shape.num_attention_heads
     q = shape.num_attention_heads * d
     kv = (shape.num_query_groups or shape.num_attention_heads) * d
-    ctx = min(s, shape.window) if shape.window else s
+    ctx = min(s, window) if window else s
     return 2.0 * h * (q + 2 * kv) + 2.0 * q * h + 2.0 * 2 * ctx * q
 
 
-def _memory(shape: FlopsShape) -> float:
-    """Titans mixer per token: fused in_proj (x̃, q, static k̃/ṽ, η/α logits), out_proj + gate, and per head the
-    memory reads and updates of hope_math §3.7."""
+def _memory(shape: FlopsShape, m: MixerShape) -> float:
+    """Titans mixer per token: fused in_proj [x̃ | q | g | static k̃, ṽ | η̃, α̃] (hope_math §2.1, §2.9), out_proj, and per
+    head the memory reads and updates of hope_math §3.7 (two matrices per memory; one for a linear memory)."""
     h = shape.hidden_size
     H, dh = shape.memory_heads or shape.num_attention_heads, shape.memory_head_dim or h // shape.num_attention_heads
     inner = H * dh
-    in_ch = inner * (2 + shape.static_vector_channels) + H * shape.static_scalar_channels
-    proj = 2.0 * h * in_ch + 2.0 * inner * h + 2.0 * h * inner  # in_proj, out_proj, output gate
-    adv = MEMORY_ADVANCE_MACS_MOMENTUM if shape.momentum else MEMORY_ADVANCE_MACS
-    mem = 2.0 * shape.num_memories * (adv + MEMORY_READ_MACS) * shape.memory_expansion * dh * dh * H
+    in_ch = inner * (3 + m.static_vector_channels) + H * m.static_scalar_channels
+    proj = 2.0 * h * in_ch + 2.0 * inner * h  # in_proj (incl. the gate g), out_proj
+    adv = MEMORY_ADVANCE_MACS_MOMENTUM if m.momentum else MEMORY_ADVANCE_MACS
+    depth = m.memory_depth / 2.0
+    mem = 2.0 * m.num_memories * (adv + MEMORY_READ_MACS) * depth * shape.memory_expansion * dh * dh * H
     return proj + mem
+
+
+def _default_mixer(shape: FlopsShape) -> MixerShape:
+    if shape.variant in ATTENTION_MIXERS:
+        return MixerShape(kind="attention", window=shape.window)
+    return MixerShape(kind="memory", num_memories=shape.num_memories, momentum=shape.momentum,
+                      static_vector_channels=shape.static_vector_channels,
+                      static_scalar_channels=shape.static_scalar_channels)
 
 
 def forward_flops_per_token(shape: FlopsShape) -> Dict[str, float]:
     """Forward FLOPs per token by family (summed over layers)."""
     L = shape.num_layers
     out = {"attention": 0.0, "memory": 0.0, "mlp": 0.0, "cms": 0.0, "logits": 2.0 * shape.hidden_size * shape.vocab_size}
-    if shape.variant in ATTENTION_MIXERS:
-        out["attention"] = L * _attention(shape)
-    else:
-        out["memory"] = L * _memory(shape)
+    for m in shape.mixers or [_default_mixer(shape)] * L:
+        if m.kind == "attention":
+            out["attention"] += _attention(shape, m.window)
+        else:
+            out["memory"] += _memory(shape, m)
     if shape.cms_hidden_sizes:
         out["cms"] = L * sum(_mlp(shape, f) for f in shape.cms_hidden_sizes)
     else:
