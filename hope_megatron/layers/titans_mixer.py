@@ -158,9 +158,16 @@ class TitansMixer(MegatronModule):
         params: Dict[str, torch.Tensor] = dict(self.meta.items())
         if self.training and self.op_cfg.update_dropout > 0:
             with get_cuda_rng_tracker().fork():  # update dropout in the TP-region stream (hope_math §2.3)
-                y = titans_memory(x, q, params, self.op_cfg, static=static or None, training=True)
+                y, state = titans_memory(x, q, params, self.op_cfg, static=static or None, training=True,
+                                         return_state=True)
         else:
-            y = titans_memory(x, q, params, self.op_cfg, static=static or None, training=self.training)
+            y, state = titans_memory(x, q, params, self.op_cfg, static=static or None, training=self.training,
+                                     return_state=True)
+        # For TensorBoard (training loop, --log-memory-state-norms): ‖W_mem‖_F at the last boundary of this rank's
+        # local heads, averaged over the micro-batch. Detached; the state is computed anyway.
+        with torch.no_grad():
+            sq = sum(w.float().pow(2).sum(dim=(-2, -1)) for w in state.weights["mem"])  # [B, H_loc]
+            self.memory_state_norm = sq.sqrt().mean()
         # per-head RMSNorm and SiLU gate (§2.6), in fp32 for the statistics
         yf = y.float()
         yf = yf * torch.rsqrt(yf.pow(2).mean(-1, keepdim=True) + EPS)

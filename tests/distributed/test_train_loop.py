@@ -201,6 +201,9 @@ def test_tensorboard_tags(tp1_results):
                 "throughput/mfu", "validation/lm loss", "validation/perplexity", "cms/level0/fired",
                 "cms/level1/fired", "cms/level1/update-norm", "cms/level1/firings"):
         assert tag in tags, (tag, sorted(tags))
+    norms = [t for t in tags if t.startswith("memory-state-norm/") and t.endswith("self_attention")]
+    assert len(norms) >= 2, sorted(tags)  # one per HOPE layer's Titans mixer
+    assert all(0 < acc.Scalars(t)[-1].value < float("inf") for t in norms)
     assert [e.value for e in acc.Scalars("cms/level1/fired")] == [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]
     assert abs(acc.Scalars("lm loss")[0].value - r["ref"][0]) < 1e-5 * abs(r["ref"][0])
     assert sorted(r["valid"]) == [3, 6]
