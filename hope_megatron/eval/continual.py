@@ -10,6 +10,7 @@ FILE.yaml:
     seq_length: 256               # evaluation window length
     max_windows: 16               # windows per segment
     checkpoints: [ck1, ck2]       # mode A: one converted checkpoint per finished segment
+    start_checkpoint: ck0         # mode A, optional: the model before the first segment (matrix row 0)
     checkpoint: ck                # mode B: the model that streams
     stream_tokens: 4096           # mode B: tokens streamed from each segment (its leading documents)
     test_time_cms: {periods: [512, 2048], lr: [1.0e-3, 1.0e-4], clip: [1.0, 1.0], momentum: [0.0, 0.0]}
@@ -101,7 +102,7 @@ def window_losses(model, samples: torch.Tensor, batch: int = 4) -> np.ndarray:
 
 def mode_a(spec, evalsets) -> np.ndarray:
     rows = []
-    for ck in spec["checkpoints"]:
+    for ck in ([spec["start_checkpoint"]] if spec.get("start_checkpoint") else []) + list(spec["checkpoints"]):
         model = load_model(ck)
         rows.append([window_losses(model, w) for w in evalsets])
     return np.asarray(rows)
@@ -138,7 +139,7 @@ def run(spec: dict, mode: str, seeds: List[int], n_boot: int = 1000) -> dict:
         per_seed.append(w)
     matrix = np.mean([w.mean(-1) for w in per_seed], axis=0)
     res = {"kind": "continual", "mode": mode, "run": run_info(ck), "segments": names, "seeds": seeds,
-           "matrix": matrix.tolist(), "row_labels": (["start"] if mode == "B" else []) + [f"after {n}" for n in names],
+           "matrix": matrix.tolist(), "row_labels": (["start"] if mode == "B" or spec.get("start_checkpoint") else []) + [f"after {n}" for n in names],
            **forgetting(matrix), "average_forgetting_ci": bootstrap_af(per_seed, n_boot),
            "per_seed_average_forgetting": [forgetting(w.mean(-1))["average_forgetting"] for w in per_seed],
            "spec": copy.deepcopy(spec)}

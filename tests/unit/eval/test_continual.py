@@ -53,3 +53,51 @@ def test_zero_lr_is_static_and_updates_fire_on_period():
     changed = {n for n, p in model2.named_parameters() if not torch.equal(p, before[n])}
     assert changed and all(".mlp.levels.0." in n for n in changed)
     assert ttc2.updates == {0: 2, 1: 0}
+
+
+def _save_converted(model, path):
+    """A converted-checkpoint directory (config.json + model.safetensors) of a tiny plain model, NullTokenizer ids."""
+    import json
+    import os
+
+    from safetensors.torch import save_file
+
+    os.makedirs(path)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(model.cfg, f)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(path, "model.safetensors"))
+    return str(path)
+
+
+def test_mode_a_rows_are_each_checkpoint_on_every_segment(tmp_path):
+    import json
+
+    from hope_megatron.eval.continual import run, window_losses
+    from hope_megatron.inference import load_model
+
+    rng = np.random.default_rng(0)
+    segs = []
+    for name in ("a", "b"):
+        path = tmp_path / f"{name}.jsonl"
+        with open(path, "w") as f:
+            for _ in range(3):  # the last 2 documents are held out
+                f.write(json.dumps({"text": " ".join(str(int(i)) for i in rng.integers(0, 250, 40))}) + "\n")
+        segs.append({"name": name, "path": str(path)})
+    cks = []
+    for seed in (0, 1, 2):
+        model = tiny_model("hope", seed=seed, chunk=8)
+        cks.append(_save_converted(model, tmp_path / f"ck{seed}"))
+    spec = {"segments": segs, "eval_docs": 2, "seq_length": 16, "max_windows": 4, "start_checkpoint": cks[0],
+            "checkpoints": cks[1:]}
+    res = run(spec, "A", [0], n_boot=50)
+    assert res["row_labels"] == ["start", "after a", "after b"]
+    m = np.asarray(res["matrix"])
+    assert m.shape == (3, 2)
+    from hope_megatron.eval.common import load_tokenizer
+    from hope_megatron.eval.continual import segment_windows
+
+    win = segment_windows(load_tokenizer(cks[0]), segs[0]["path"], 2, 16, 4)
+    direct = [window_losses(load_model(ck), win).mean() for ck in cks]
+    assert m[:, 0] == pytest.approx(direct, rel=1e-6)
+    assert res["forgetting"] == pytest.approx([m[2, 0] - m[1, 0]])  # F_a = L[last][a] - min over {after a}
+    assert res["average_forgetting_ci"][0] == pytest.approx(res["average_forgetting"])
