@@ -77,14 +77,14 @@ def stream_nll(model, docs: List[List[int]], segment: int, max_tokens: int) -> t
 
 
 def evaluate_set(model, tokenizer, name: str, paths: List[str], args) -> Dict[str, object]:
-    docs: List[List[int]] = []
-    for p in paths:
-        docs.extend(load_token_docs(p, tokenizer, args.max_docs))
+    per_path = [load_token_docs(p, tokenizer, args.max_docs) for p in paths]
+    docs = [d for ds in per_path for d in ds]
     if args.stream:
         nll = stream_nll(model, docs, args.stream_segment, args.max_tokens_per_doc)
-    else:
-        nll = window_nll(model, windows(docs, tokenizer.eod, args.seq_length, args.max_samples), args.batch_size,
-                         args.stream_segment).reshape(-1)
+    else:  # a set of several files (PG19-like = drama + poetry) takes an equal share of its windows from each file
+        share = -(-args.max_samples // len(per_path))
+        samples = torch.cat([windows(ds, tokenizer.eod, args.seq_length, share) for ds in per_path])[:args.max_samples]
+        nll = window_nll(model, samples, args.batch_size, args.stream_segment).reshape(-1)
     loss = float(nll.double().mean())
     return {"name": name, "paths": paths, "documents": len(docs), "tokens": int(nll.numel()), "loss": loss,
             "ppl": math.exp(min(loss, 700.0)), "mode": "stream" if args.stream else f"windows of {args.seq_length}"}

@@ -13,6 +13,7 @@ quoting numbers).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from typing import Dict, List
 
@@ -34,12 +35,22 @@ def evaluate(lm, tasks: List[str], data_dir: str, limit=None) -> Dict[str, Dict[
 
     res = lm_eval.simple_evaluate(model=lm, tasks=task_configs(tasks, data_dir), num_fewshot=0, limit=limit,
                                   log_samples=False, bootstrap_iters=0)
+    return parse_results(res, tasks)
+
+
+def parse_results(res: dict, tasks: List[str]) -> Dict[str, Dict[str, float]]:
+    """lm-eval's `results` ("acc,none", ...) -> {task: {acc, acc_norm, n, acc_stderr, acc_norm_stderr}}. With
+    bootstrap_iters=0 lm-eval leaves the stderr out; it is then the binomial sqrt(p(1-p)/(n-1)) (what lm-eval's
+    mean_stderr gives for 0/1 scores)."""
     out = {}
     for t in tasks:
         r = res["results"][f"{t}_local"]
-        out[t] = {k.split(",")[0] + ("_stderr" if "stderr" in k else ""): float(v) for k, v in r.items()
-                  if isinstance(v, (int, float)) and "," in k}
-        out[t]["n"] = int(res.get("n-samples", {}).get(f"{t}_local", {}).get("effective", 0))
+        out[t] = {k.split(",")[0]: float(v) for k, v in r.items() if isinstance(v, (int, float)) and "," in k}
+        n = int(res.get("n-samples", {}).get(f"{t}_local", {}).get("effective", 0))
+        out[t]["n"] = n
+        for m in ("acc", "acc_norm"):
+            if m in out[t] and f"{m}_stderr" not in out[t] and n > 1:
+                out[t][f"{m}_stderr"] = math.sqrt(out[t][m] * (1.0 - out[t][m]) / (n - 1))
     return out
 
 
@@ -92,7 +103,7 @@ def main(argv=None) -> dict:
     n_params = sum(x.numel() for x in model.parameters())
     for t, r in results.items():
         print(f"{t}: acc {r.get('acc', float('nan')):.4f}" + (f" acc_norm {r['acc_norm']:.4f}" if "acc_norm" in r else "")
-              + f" (n={r['n']})")
+              + f" ± {r.get('acc_stderr', float('nan')):.4f} (n={r['n']})")
     note = f"Limited to {a.limit} items per task." if a.limit else ""
     md = markdown(results, cfg.get("hope_variant", "?"), n_params, note)
     info = run_info(a.checkpoint)

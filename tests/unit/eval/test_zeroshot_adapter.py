@@ -70,3 +70,17 @@ def test_adapter_equals_direct_loglikelihood(tmp_path, monkeypatch):
         norm.append(int(argmax(scores) == r["label"]))
     assert res["acc,none"] == pytest.approx(acc, abs=1e-12)
     assert res["acc_norm,none"] == pytest.approx(sum(norm) / len(norm), abs=1e-12)
+
+
+def test_parse_results_keys_and_binomial_stderr():
+    from hope_megatron.eval.zeroshot import parse_results
+
+    res = {"results": {"piqa_local": {"alias": "piqa_local", "acc,none": 0.65, "acc_stderr,none": "N/A",
+                                      "acc_norm,none": 0.5, "acc_norm_stderr,none": 0.07},
+                       "boolq_local": {"acc,none": 0.25}},
+           "n-samples": {"piqa_local": {"original": 1838, "effective": 40}, "boolq_local": {"effective": 1}}}
+    out = parse_results(res, ["piqa", "boolq"])
+    assert out["piqa"]["n"] == 40 and out["piqa"]["acc"] == 0.65
+    assert out["piqa"]["acc_stderr"] == pytest.approx((0.65 * 0.35 / 39) ** 0.5, rel=1e-12)  # 0.0764
+    assert out["piqa"]["acc_norm_stderr"] == 0.07  # lm-eval's own stderr is kept
+    assert out["boolq"] == {"acc": 0.25, "n": 1}  # one item: no stderr
