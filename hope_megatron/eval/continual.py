@@ -9,7 +9,8 @@ FILE.yaml:
     eval_docs: 4                  # held-out documents per segment: the LAST ones of each file
     seq_length: 256               # evaluation window length
     max_windows: 16               # windows per segment
-    checkpoints: [ck1, ck2]       # mode A: one converted checkpoint per finished segment
+    checkpoints: [ck1, ck2]       # mode A: one converted checkpoint per finished segment (or a list of such lists,
+                                  #   one per training seed; train_seeds: [1234, 1] names them)
     start_checkpoint: ck0         # mode A, optional: the model before the first segment (matrix row 0)
     checkpoint: ck                # mode B: the model that streams
     stream_tokens: 4096           # mode B: tokens streamed from each segment (its leading documents)
@@ -20,8 +21,8 @@ through one model with test-time CMS updates (hope_math.md §4.4; inference/cms_
 evaluates every segment with the CMS weights of that moment (fresh memory state per window). Row 0 of the matrix is the
 model before any segment. L[i][j] = mean loss on segment j after stage i. Forgetting of segment j < T (NL-arXiv §7,
 Chaudhry et al.): F_j = L[T][j] - min_{j <= i < T} L[i][j] (loss rises = forgetting); average forgetting
-AF = mean_j F_j. Also reported: BWT_j = L[T][j] - L[j][j]. Seeds reshuffle the streamed documents (mode B); CIs are
-percentile bootstraps over evaluation windows (paired across stages) and seeds.
+AF = mean_j F_j. Also reported: BWT_j = L[T][j] - L[j][j]. Seeds reshuffle the streamed documents (mode B) or are
+separate training runs (mode A); CIs are percentile bootstraps over evaluation windows (paired across stages) and seeds.
 """
 
 from __future__ import annotations
@@ -122,24 +123,38 @@ def mode_b(spec, evalsets, tokenizer, seed: int) -> np.ndarray:
     return np.asarray(rows)
 
 
+def sequences(spec: dict) -> List[List[str]]:
+    """Mode A's checkpoint sequences: `checkpoints` is one list (one training run) or a list of lists (one per
+    training seed)."""
+    cks = spec.get("checkpoints") or []
+    return [list(c) for c in cks] if cks and isinstance(cks[0], (list, tuple)) else [list(cks)]
+
+
 def run(spec: dict, mode: str, seeds: List[int], n_boot: int = 1000) -> dict:
+    """Mode A: one matrix per checkpoint sequence (training seed; `seeds` are then the YAML's `train_seeds` or
+    0..n-1); mode B: one per streaming seed in `seeds`."""
     names = [s["name"] for s in spec["segments"]]
-    if mode == "A" and len(spec.get("checkpoints", [])) != len(names):
-        raise ValueError(f"mode A needs one checkpoint per segment ({len(names)}) under `checkpoints:` in the YAML; "
-                         f"got {len(spec.get('checkpoints', []))}.")
+    if mode == "A":
+        seqs = sequences(spec)
+        bad = [len(q) for q in seqs if len(q) != len(names)]
+        if bad:
+            raise ValueError(f"mode A needs one checkpoint per segment ({len(names)}) in each list under "
+                             f"`checkpoints:` in the YAML; got {bad[0]}.")
+        seeds = list(spec.get("train_seeds") or range(len(seqs)))
     if mode == "B" and not spec.get("checkpoint"):
         raise ValueError("mode B needs `checkpoint:` (the converted model that streams) in the YAML.")
-    ck = spec["checkpoints"][0] if mode == "A" else spec["checkpoint"]
+    ck = seqs[0][0] if mode == "A" else spec["checkpoint"]
     tokenizer = load_tokenizer(ck)
     seq, nwin, ndocs = int(spec.get("seq_length", 256)), int(spec.get("max_windows", 16)), int(spec.get("eval_docs", 4))
     evalsets = [segment_windows(tokenizer, s["path"], ndocs, seq, nwin) for s in spec["segments"]]
-    per_seed = []
-    for seed in (seeds if mode == "B" else seeds[:1]):
-        w = mode_a(spec, evalsets) if mode == "A" else mode_b(spec, evalsets, tokenizer, seed)
-        per_seed.append(w)
+    if mode == "A":
+        per_seed = [mode_a(dict(spec, checkpoints=q), evalsets) for q in seqs]
+    else:
+        per_seed = [mode_b(spec, evalsets, tokenizer, seed) for seed in seeds]
     matrix = np.mean([w.mean(-1) for w in per_seed], axis=0)
+    start = ["start"] if mode == "B" or spec.get("start_checkpoint") else []
     res = {"kind": "continual", "mode": mode, "run": run_info(ck), "segments": names, "seeds": seeds,
-           "matrix": matrix.tolist(), "row_labels": (["start"] if mode == "B" or spec.get("start_checkpoint") else []) + [f"after {n}" for n in names],
+           "matrix": matrix.tolist(), "row_labels": start + [f"after {n}" for n in names],
            **forgetting(matrix), "average_forgetting_ci": bootstrap_af(per_seed, n_boot),
            "per_seed_average_forgetting": [forgetting(w.mean(-1))["average_forgetting"] for w in per_seed],
            "spec": copy.deepcopy(spec)}

@@ -101,3 +101,13 @@ def test_mode_a_rows_are_each_checkpoint_on_every_segment(tmp_path):
     assert m[:, 0] == pytest.approx(direct, rel=1e-6)
     assert res["forgetting"] == pytest.approx([m[2, 0] - m[1, 0]])  # F_a = L[last][a] - min over {after a}
     assert res["average_forgetting_ci"][0] == pytest.approx(res["average_forgetting"])
+
+    # two training seeds: a list of sequences; the matrix is their mean, one AF per seed
+    cks.append(_save_converted(tiny_model("hope", seed=3, chunk=8), tmp_path / "ck3"))
+    two = run(dict(spec, checkpoints=[cks[1:3], [cks[3], cks[2]]], train_seeds=[7, 8]), "A", [0], n_boot=50)
+    assert two["seeds"] == [7, 8] and len(two["per_seed_average_forgetting"]) == 2
+    l3 = window_losses(load_model(cks[3]), win).mean()
+    assert two["matrix"][1][0] == pytest.approx((direct[1] + l3) / 2, rel=1e-6)
+    assert two["per_seed_average_forgetting"][0] == pytest.approx(res["average_forgetting"], rel=1e-9)
+    with pytest.raises(ValueError, match="one checkpoint per segment"):
+        run(dict(spec, checkpoints=[cks[1:3], cks[1:2]]), "A", [0])
