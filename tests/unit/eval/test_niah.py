@@ -66,3 +66,30 @@ def test_peak_probe_sees_a_known_allocation():
     out, peak = niah.peak_alloc_bytes(work)
     assert out == 4.0
     assert abs(peak - 16 * 2**20) < 2**20, peak
+
+
+class _Oracle:
+    """Answers from the needle it finds in the prompt (ByteTokenizer ids), or a wrong answer when `wrong`: the scoring
+    must give recall 1 and 0."""
+
+    def __init__(self, tok, wrong=False):
+        self.tok, self.wrong = tok, wrong
+
+    def generate(self, prompt, max_new_tokens, segment):
+        import re
+
+        text = self.tok.detokenize(prompt[0].tolist())
+        m = re.search(r"(?:The pass key is|is:) (\S+?)\. ", text)
+        ans = " " + ("x" if self.wrong else m.group(1))
+        return torch.tensor([self.tok.tokenize(ans)[:max_new_tokens]])
+
+
+@pytest.mark.parametrize("wrong", [False, True])
+def test_recall_scoring_with_an_oracle(wrong):
+    tok = ByteTokenizer()
+    hay = tok.tokenize("Plain filler text without any digits or colons at all here. " * 4)
+    cells = niah.evaluate(_Oracle(tok, wrong), tok, {"layer_letters": "H"}, hay, [400, 700], [0.0, 0.5, 1.0],
+                          list(niah.NEEDLES), trials=2, segment=256, budget_bytes=1e9)
+    assert len(cells) == 2 * 3 * 4 and {c["status"] for c in cells} == {"run"}
+    assert {c["recall"] for c in cells} == ({0.0} if wrong else {1.0})
+    assert niah.recall_grid(cells, [400, 700], [0.0, 0.5, 1.0]) == [[0.0 if wrong else 1.0] * 2] * 3
