@@ -97,6 +97,8 @@ class HopeConfig(TransformerConfig):
     read_after_update: bool = field(default=False, metadata=_h(
         "read the post-update memory (deltanet preset only; needs chunk 1)."))
     memory_zero_init: bool = field(default=False, metadata=_h("meta-initial memory weights W0 = 0 (deltanet preset)."))
+    titans_recompute_chunks: bool = field(default=False, metadata=_h(
+        "recompute each Titans chunk in the backward: less memory (1 state per chunk instead of 3), ~1.5x slower."))
     cms_levels: int = field(default=4, metadata=_h("CMS levels K (hope_math §4.1); 1 = one ordinary MLP."))
     cms_periods: Optional[List[int]] = field(default=None, metadata=_h(
         "update period of each CMS level in optimizer iterations (default: the first K of 1 4 32 128)."))
@@ -249,7 +251,8 @@ class HopeConfig(TransformerConfig):
                   memory_depth=self.memory_depth, expansion=self.memory_expansion, dgd=self.dgd,
                   momentum=self.inner_momentum, decay=self.inner_decay, eta_max=self.eta_max, eta_init=self.eta_init,
                   alpha_init=self.alpha_init, inner_clip=self.inner_clip, update_dropout=self.update_dropout,
-                  read_after_update=self.read_after_update, zero_init=self.memory_zero_init)
+                  read_after_update=self.read_after_update, zero_init=self.memory_zero_init,
+                  recompute_chunks=self.titans_recompute_chunks)
         if letter != own:
             kw.update(LETTER_OP_OVERRIDES[letter])
             if letter == "D" and kw["eta_init"] >= kw["eta_max"]:

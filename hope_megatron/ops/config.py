@@ -36,6 +36,7 @@ class TitansOpConfig:
     update_dropout: float = 0.0           # p_ud on the residual branch of M_k, M_v, M_η, M_α (§2.3)
     read_after_update: bool = False       # deltanet preset: read the post-update state (§10 #15); needs C = 1
     zero_init: bool = False               # W⁰ = 0 for every memory (deltanet preset, §2.2)
+    recompute_chunks: bool = False        # execution only: re-run each chunk in the backward (docs/ops.md)
 
     def __post_init__(self):
         def bad(msg):

@@ -47,6 +47,31 @@ def memory_eval(ws: Sequence[torch.Tensor], z: torch.Tensor, branch_mask: Option
     return out * branch_mask if branch_mask is not None else out
 
 
+def _mlp(ws: Sequence[torch.Tensor], z: torch.Tensor):
+    """(a, h, b, M(z)): a = W₂z, h = σ(a), b = W₁h, M(z) = z + b (Eq 89); a linear memory gives (None, None, Wz, Wz)."""
+    if len(ws) == 2:
+        w1, w2 = ws
+        a = z @ _t(w2)
+        h = F.silu(a)
+        b = h @ _t(w1)
+        return a, h, b, z + b
+    out = z @ _t(ws[0])
+    return None, None, out, out
+
+
+def _factors(ws, k, a, h, m_k, v_hat):
+    """(u, ẑ) per layer from the forward pieces a = W₂k, h = σ(a), m_k = M(k) at the boundary weights (§2.4);
+    also returns the norms max(‖h‖, ε), max(‖k‖, ε) that turn those pieces into ẑ Wᵀ."""
+    nk = torch.linalg.vector_norm(k, dim=-1, keepdim=True).clamp_min(EPS)
+    k_hat = k / nk
+    e = 2 * (m_k - v_hat)                                 # e_t = 2(M(k_t) − v̂_t)
+    if len(ws) == 2:
+        delta = (e @ ws[0]) * silu_grad(a)                # δ_t = (W₁ᵀ e_t) ⊙ σ′(a_t)
+        nh = torch.linalg.vector_norm(h, dim=-1, keepdim=True).clamp_min(EPS)
+        return [(nh * e, h / nh), (nk * delta, k_hat)], (nh, nk)   # (u₁, ĥ), (u₂, k̂)
+    return [(nk * e, k_hat)], (nk,)
+
+
 def inner_grad_factors(ws: Sequence[torch.Tensor], k: torch.Tensor,
                        v_hat: torch.Tensor) -> List[Tuple[torch.Tensor, torch.Tensor]]:
     """Rank-1 factors (u_t, ẑ_t) of G_t = ∂ℓ_t/∂W = u_t ẑ_tᵀ per layer, at the boundary weights ws.
@@ -56,33 +81,45 @@ def inner_grad_factors(ws: Sequence[torch.Tensor], k: torch.Tensor,
     linear memory: G = 2(Wk − v̂) kᵀ. The left factor absorbs the input's norm, u = max(‖z‖, ε)·(…), so
     that u ẑᵀ equals G exactly. Returned in state order: [(u₁, ĥ), (u₂, k̂)] or [(u, k̂)].
     """
-    nk = torch.linalg.vector_norm(k, dim=-1, keepdim=True).clamp_min(EPS)
-    k_hat = k / nk
-    if len(ws) == 2:
-        w1, w2 = ws
-        a = k @ _t(w2)                                    # a_t = W₂ k_t
-        h = F.silu(a)                                     # h_t = σ(a_t)
-        e = 2 * (k + h @ _t(w1) - v_hat)                  # e_t = 2(M(k_t) − v̂_t)
-        delta = (e @ w1) * silu_grad(a)                   # δ_t = (W₁ᵀ e_t) ⊙ σ′(a_t)
-        nh = torch.linalg.vector_norm(h, dim=-1, keepdim=True).clamp_min(EPS)
-        return [(nh * e, h / nh), (nk * delta, k_hat)]    # (u₁, ĥ), (u₂, k̂)
-    (w,) = ws
-    e = 2 * (k @ _t(w) - v_hat)
-    return [(nk * e, k_hat)]
+    a, h, _, m_k = _mlp(ws, k)
+    return _factors(ws, k, a, h, m_k, v_hat)[0]
 
 
-def clip_chunk_delta(start: Sequence[torch.Tensor], end: Sequence[torch.Tensor], c_clip: float) -> List[torch.Tensor]:
-    """Per-chunk inner-update clip (hope_math §2.5, §10 #10): joint Frobenius norm of (ΔW₁, ΔW₂).
+def boundary_terms(ws: Sequence[torch.Tensor], k: torch.Tensor, v: torch.Tensor, self_target: bool,
+                   read: Optional[torch.Tensor] = None):
+    """What one chunk needs from a memory at its boundary weights, each weight read once per matmul (§2.4, §2.6).
 
-    Weights are [..., d_out, d_in]; the norm is per leading index (memory, sequence, head). When the norm is
-    within c_clip the end state is returned untouched (bitwise), and c_clip = ∞ skips the clip entirely.
-    The scale c/‖Δ‖ is differentiable (§2.8).
+    Returns (M(read) or None, the inner-gradient factors as inner_grad_factors gives them, ẑ Wᵀ per layer) for
+    the target v̂ = M(v) (self-generated, Eqs 84–86) or v̂ = v (plain Titans). The read, v and k rows are stacked
+    along the token axis, so the W₂ and W₁ products of all three are two matmuls instead of six; ẑ Wᵀ (the DGD
+    term of §3.4) falls out of the k rows' products: k̂ W₂ᵀ = a/‖k‖, ĥ W₁ᵀ = W₁h/‖h‖ (linear: k̂ Wᵀ = Wk/‖k‖).
+    """
+    parts = ([read] if read is not None else []) + ([v] if self_target else []) + [k]
+    sizes = [t.shape[-2] for t in parts]
+    a, h, b, out = _mlp(ws, torch.cat(parts, dim=-2) if len(parts) > 1 else k)
+    outs = list(out.split(sizes, dim=-2))
+    y = outs.pop(0) if read is not None else None
+    v_hat = outs.pop(0) if self_target else v
+    n_k = sizes[-1]
+    b_k = b[..., -n_k:, :]
+    if a is not None:
+        a, h = a[..., -n_k:, :], h[..., -n_k:, :]
+    factors, norms = _factors(ws, k, a, h, outs[0], v_hat)
+    zw = [b_k / norms[0], a / norms[1]] if a is not None else [b_k / norms[0]]
+    return y, factors, zw
+
+
+def apply_clipped_delta(start: Sequence[torch.Tensor], deltas: Sequence[torch.Tensor],
+                        c_clip: float) -> List[torch.Tensor]:
+    """W_end = W_start + f·ΔW with the per-chunk inner-update clip (hope_math §2.5, §10 #10).
+
+    f = min(1, c_clip / ‖(ΔW₁, ΔW₂)‖_F), the joint Frobenius norm per leading index (memory, sequence, head).
+    f is exactly 1 when the clip is inactive, so the result is then W_start + ΔW bitwise, as with c_clip = ∞;
+    the scale c/‖Δ‖ is differentiable where the clip is active (§2.8). One fused addcmul per layer.
     """
     if c_clip == float("inf"):
-        return list(end)
-    deltas = [e - s for s, e in zip(start, end)]
+        return [s + d for s, d in zip(start, deltas)]
     sq = sum(torch.linalg.vector_norm(d, dim=(-2, -1)) ** 2 for d in deltas)
     norm = torch.sqrt(sq.clamp_min(1e-300 if sq.dtype == torch.float64 else 1e-30))
-    over = (norm > c_clip)[..., None, None]
-    scale = (c_clip / norm)[..., None, None]
-    return [torch.where(over, s + scale * d, e) for s, e, d in zip(start, end, deltas)]
+    scale = (c_clip / norm).clamp(max=1.0)[..., None, None]
+    return [torch.addcmul(s, scale, d) for s, d in zip(start, deltas)]

@@ -6,8 +6,9 @@ Per call, two passes over two chunk grids (§2.7, §3.6):
   (1) projection pass on the C_proj grid: M_k, M_v, M_η, M_α (and M_q) read x̃ (and q) at their boundary state,
       giving k, v, η, α for every token; at each chunk end they write with their own k, v, η, α (self-referential);
   (2) memory pass on the C_mem grid: M_mem reads y = M_mem(q) at its boundary state, then writes with v̂ = M_mem(v).
-The chunked form wraps each chunk step in activation checkpointing when grad is enabled, so the backward stores
-one boundary state per chunk (§2.8) instead of the whole in-chunk graph.
+The chunked form's backward keeps, per chunk, the boundary state (W, m) and the write ΔW (§2.8: memory grows with
+the number of chunks, never with tokens × state); with cfg.recompute_chunks it keeps only the boundary state and
+re-runs each chunk step in the backward (activation checkpointing).
 """
 
 from __future__ import annotations
@@ -22,10 +23,21 @@ from torch.utils.checkpoint import checkpoint
 
 from .chunked import advance_chunk
 from .config import TitansOpConfig, weight_names
-from .memory_mlp import clip_chunk_delta, inner_grad_factors, l2norm, memory_eval
+from .memory_mlp import apply_clipped_delta, boundary_terms, l2norm, memory_eval
 from .naive import advance_token_loop
 
-_ADVANCE = {"naive": advance_token_loop, "chunked": advance_chunk}
+def _token_loop_clipped(ws, ms, factors, eta, log_alpha, cfg, zw=None):
+    """The naive advance (§3.1) followed by the chunk clip (§2.5) on ΔW = W_end − W_start."""
+    new_ws, new_ms = advance_token_loop(ws, ms, factors, eta, log_alpha, cfg)
+    return apply_clipped_delta(ws, [e - s for s, e in zip(ws, new_ws)], cfg.inner_clip), new_ms
+
+
+def _chunk_clipped(ws, ms, factors, eta, log_alpha, cfg, zw=None):
+    """The closed-form advance (§3.4/§3.5) with the chunk clip (§2.5) fused into its state-sized step."""
+    return advance_chunk(ws, ms, factors, eta, log_alpha, cfg, c_clip=cfg.inner_clip, zw=zw)
+
+
+_ADVANCE = {"naive": _token_loop_clipped, "chunked": _chunk_clipped}
 _CHANNELS = ("k", "v", "eta", "log_alpha")
 
 
@@ -104,11 +116,11 @@ def _cat(prefix: Dict[str, torch.Tensor], new: Dict[str, torch.Tensor]) -> Dict[
     return {c: torch.cat([prefix[c], new[c]], dim=2) for c in _CHANNELS}
 
 
-def _write(ws, ms, kvea, v_hat, cfg, advance):
-    """Steps (a)–(c) of §3.1 for one closed chunk: inner-gradient factors at the boundary, advance, clip."""
-    factors = inner_grad_factors(ws, kvea["k"], v_hat)                 # §2.4
-    new_ws, new_ms = advance(ws, ms, factors, kvea["eta"], kvea["log_alpha"], cfg)  # §2.5 / §3.4–3.5
-    return clip_chunk_delta(ws, new_ws, cfg.inner_clip), new_ms         # §2.5 clip
+def _write(ws, ms, kvea, cfg, advance, self_target, read=None):
+    """Steps (a)–(c) of §3.1 for one closed chunk: the read at the boundary (optional) and the inner-gradient
+    factors there (§2.4), then advance + clip (§2.5, §3.4–3.5). Returns (y or None, ws, ms)."""
+    y, factors, zw = boundary_terms(ws, kvea["k"], kvea["v"], self_target, read)
+    return (y, *advance(ws, ms, factors, kvea["eta"], kvea["log_alpha"], cfg, zw))
 
 
 def _proj_chunk(ws, ms, x_c, q_c, st_c, mask_c, prefix, p, *, names, cfg, advance, write):
@@ -123,23 +135,21 @@ def _proj_chunk(ws, ms, x_c, q_c, st_c, mask_c, prefix, p, *, names, cfg, advanc
     new["log_alpha"] = (F.logsigmoid(_readout(o["alpha"], p["alpha_readout"], p["alpha_bias"]))  # log α_t in fp32+
                         if "alpha" in o else torch.zeros_like(new["eta"]))                         # decay off: α ≡ 1
     q_read = l2norm(o["q"]) if "q" in o else q_c
-    if write:
-        kvea = _cat(prefix, new)
-        v_hat = memory_eval(ws, kvea["v"])                             # v̂_□ = M_□(v_t), self-generated (Eq 84–86)
-        ws, ms = _write(ws, ms, kvea, v_hat, cfg, advance)
+    if write:   # v̂_□ = M_□(v_t), self-generated (Eq 84–86)
+        _, ws, ms = _write(ws, ms, _cat(prefix, new), cfg, advance, self_target=True)
     return new, q_read, ws, ms
 
 
 def _mem_chunk(ws, ms, q_c, kvea_c, prefix, *, cfg, advance, write):
-    """One C_mem chunk: read y = M_mem(q_t) at τ_m(t) (§2.6), then write if the chunk closes."""
-    y = None if cfg.read_after_update else memory_eval(ws, q_c)[0]
-    if write:
-        kvea = _cat(prefix, kvea_c)
-        v_hat = memory_eval(ws, kvea["v"]) if cfg.self_mod else kvea["v"]  # plain Titans target v̂ = v (§2.4)
-        ws, ms = _write(ws, ms, kvea, v_hat, cfg, advance)
+    """One C_mem chunk: read y = M_mem(q_t) at τ_m(t) (§2.6), then write if the chunk closes; plain Titans
+    writes toward v̂ = v (§2.4). The read shares the boundary matmuls with the write when both happen."""
+    if not write:
+        return (None if cfg.read_after_update else memory_eval(ws, q_c)[0]), ws, ms
+    read = None if cfg.read_after_update else q_c
+    y, ws, ms = _write(ws, ms, _cat(prefix, kvea_c), cfg, advance, self_target=cfg.self_mod, read=read)
     if cfg.read_after_update:
-        y = memory_eval(ws, q_c)[0]                                    # deltanet preset reads S_t (§10 #15)
-    return y, ws, ms
+        return memory_eval(ws, q_c)[0], ws, ms                         # deltanet preset reads S_t (§10 #15)
+    return y[0], ws, ms
 
 
 def _chunks(position: int, length: int, size: int):
@@ -211,7 +221,7 @@ def titans_memory(x: torch.Tensor, q: torch.Tensor, params: Dict[str, torch.Tens
         return (x.new_zeros(x.shape), state) if return_state else x.new_zeros(x.shape)
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32   # state and gate math dtype (§3.7)
     advance = _ADVANCE[impl]
-    recompute = impl == "chunked" and torch.is_grad_enabled()
+    recompute = impl == "chunked" and cfg.recompute_chunks and torch.is_grad_enabled()
     p = {n: t.to(cdt) for n, t in params.items()}
     xs, qs = x.to(cdt), q.to(cdt)
     st = {c: t.to(cdt) for c, t in (static or {}).items()}

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from hope_megatron.ops import TitansOpConfig, causal_conv1d
-from hope_megatron.ops.chunked import advance_chunk, wy_factor
-from hope_megatron.ops.memory_mlp import clip_chunk_delta, inner_grad_factors, l2norm, memory_eval
+from hope_megatron.ops.chunked import _ChunkWrite, advance_chunk, wy_factor
+from hope_megatron.ops.memory_mlp import apply_clipped_delta, inner_grad_factors, l2norm, memory_eval
 from hope_megatron.ops.naive import advance_token_loop
 
 F64 = torch.float64
@@ -100,20 +100,54 @@ def test_gdn_mapping_matches_independent_gated_delta_loop():
 
 
 def test_clip_bounds_the_chunk_delta_and_is_identity_when_inactive():
-    """§8 row 9: ‖Δ‖_F ≤ c(1 + 1e-6) after the clip; an inactive clip (or c = ∞) returns the end state bitwise."""
+    """§8 row 9: ‖Δ‖_F ≤ c(1 + 1e-6) after the clip, the clipped Δ keeps its direction; an inactive clip (or
+    c = ∞) gives start + Δ bitwise."""
     g = torch.Generator().manual_seed(5)
     start = [torch.randn(3, 2, 4, 6, generator=g, dtype=F64), torch.randn(3, 2, 6, 4, generator=g, dtype=F64)]
-    end = [s + torch.randn(s.shape, generator=g, dtype=F64) for s in start]
-    norms = torch.sqrt(sum((e - s).square().sum((-2, -1)) for s, e in zip(start, end)))
+    deltas = [torch.randn(s.shape, generator=g, dtype=F64) for s in start]
+    norms = torch.sqrt(sum(d.square().sum((-2, -1)) for d in deltas))
     c = norms.median().item()
-    clipped = clip_chunk_delta(start, end, c)
+    clipped = apply_clipped_delta(start, deltas, c)
     new_norms = torch.sqrt(sum((e - s).square().sum((-2, -1)) for s, e in zip(start, clipped)))
-    assert (new_norms <= c * (1 + 1e-6)).all()
     inactive = norms <= c
-    for e, cl in zip(end, clipped):
-        assert torch.equal(cl[inactive], e[inactive])
-        assert not torch.equal(cl[~inactive], e[~inactive])
-    assert all(a is b for a, b in zip(clip_chunk_delta(start, end, float("inf")), end))
+    assert (new_norms <= c * (1 + 1e-6)).all()
+    assert torch.allclose(new_norms[~inactive], torch.full_like(new_norms[~inactive], c), rtol=1e-12)
+    for s, d, cl in zip(start, deltas, clipped):
+        assert torch.equal(cl[inactive], (s + d)[inactive])
+        assert not torch.equal(cl[~inactive], (s + d)[~inactive])
+        scale = (c / norms)[~inactive][..., None, None]
+        assert torch.allclose(cl[~inactive] - s[~inactive], scale * d[~inactive], rtol=0, atol=1e-13)
+    unclipped = apply_clipped_delta(start, deltas, float("inf"))
+    assert all(torch.equal(u, s + d) for u, s, d in zip(unclipped, start, deltas))
+
+
+@pytest.mark.parametrize("layers,momentum", [(2, True), (1, False)])
+def test_fused_chunk_write_forward_and_full_gradcheck(layers, momentum):
+    """_ChunkWrite (the fused state-sized step with its own backward) equals the unfused formula, clip active on
+    some heads and not others, and passes a dense fp64 gradcheck of every input."""
+    g = torch.Generator().manual_seed(11)
+    N, n, do, di = 4, 3, 3, 2
+    rnd = lambda *s: torch.randn(*s, generator=g, dtype=F64)  # noqa: E731
+    ws, ms = [rnd(N, do, di) for _ in range(layers)], [rnd(N, do, di) for _ in range(layers)]
+    as_, bs, zs = ([rnd(N, n, do) for _ in range(layers)], [rnd(N, n, do) for _ in range(layers)],
+                   [rnd(N, n, di) for _ in range(layers)])
+    gate, rho = 0.1 * rnd(N), (0.5 * rnd(N) if momentum else None)
+    deltas = [gate[:, None, None] * w + a.transpose(1, 2) @ z - (rho[:, None, None] * m if momentum else 0)
+              for w, m, a, z in zip(ws, ms, as_, zs)]
+    norms = torch.sqrt(sum(d.square().sum((1, 2)) for d in deltas))
+    c = norms.sort().values[1:3].mean().item()  # between two heads' norms: away from the clip's kink
+    f = (c / norms).clamp(max=1.0)[:, None, None]
+    out = _ChunkWrite.apply(c, 0.7, layers, gate, rho, *ws, *ms, *as_, *bs, *zs)
+    for o, w, d in zip(out[:layers], ws, deltas):
+        assert err(o, w + f * d) <= 1e-14
+    for o, m, b, z in zip(out[layers:], ms, bs, zs):
+        assert err(o, 0.7 * m + b.transpose(1, 2) @ z) <= 1e-14
+    assert 0 < int((norms > c).sum()) < N  # both branches of the clip are exercised
+    tensors = [t.requires_grad_(True) for t in (*ws, *ms, *as_, *bs, *zs)]
+    for clip in (c, float("inf")):
+        assert torch.autograd.gradcheck(
+            lambda gt, rt, *ts: _ChunkWrite.apply(clip, 0.7, layers, gt, rt, *ts),
+            (gate.requires_grad_(True), rho.requires_grad_(True) if momentum else None, *tensors), eps=1e-6, atol=1e-8)
 
 
 def test_causal_conv_matches_definition_and_streams():
