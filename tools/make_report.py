@@ -44,9 +44,17 @@ def collect(inputs: List[str]) -> Dict[str, List[dict]]:
     return found
 
 
+def _rel(path) -> str:
+    """A path inside the working directory (the repository) without the machine-specific prefix."""
+    if not path:
+        return str(path)
+    rel = os.path.relpath(str(path))
+    return str(path) if rel.startswith("..") else rel
+
+
 def run_line(r: dict) -> str:
     run = r.get("run", {})
-    return (f"checkpoint `{run.get('checkpoint')}` (variant {run.get('variant')}, {run.get('layers')} layers, "
+    return (f"checkpoint `{_rel(run.get('checkpoint'))}` (variant {run.get('variant')}, {run.get('layers')} layers, "
             f"D={run.get('hidden_size')}, iteration {run.get('iteration')}), {run.get('time')}; source `{r['_file']}`")
 
 
@@ -112,8 +120,8 @@ def niah_md(results: List[dict], outdir: str) -> str:
                     + f". The prompt is streamed in {r['segment']}-token pieces with carried state."]
             long = sorted((n, b) for n, b in by_len.items() if n >= r["segment"])
             if len(long) >= 2:
-                out[-1] += (f" Peak at {_fmt_len(long[-1][0])} / peak at {_fmt_len(long[0][0])}: "
-                            f"{long[-1][1] / long[0][1]:.2f}x ({long[-1][0] // long[0][0]}x the tokens).")
+                out[-1] += (f" Peak at {_fmt_len(long[-1][0])} relative to the peak at " + ", ".join(
+                    f"{_fmt_len(n)}: {long[-1][1] / b:.2f}x" for n, b in long[:-1]) + ".")
         png = os.path.join(outdir, f"niah_heatmap{'' if k == 0 else k}.png")
         try:
             from hope_megatron.eval.plots import plot_heatmap  # matplotlib only, no model code
@@ -169,8 +177,8 @@ LIMITS = {
     "zeroshot": "Every task runs end to end through lm-eval on the local files, so the prompts, the adapter's "
                 "log-likelihoods and acc/acc_norm are exercised. A model this small is at chance (PIQA 50, Hella 25, "
                 "Wino 50, ARC 25, SIQA 33; BoolQ depends on which answer the model prefers: 62% say yes) and with "
-                "tens of items per task the standard error is 5-8 points, so differences to chance are noise, "
-                "not skill. The paper's rows are for comparison of method only at 340M parameters and up.",
+                "a limited item count the standard error is several points (table), so differences to chance are "
+                "noise, not skill. The paper's rows are for comparison of method only at 340M parameters and up.",
     "niah": "Recall near 0 is expected: retrieving a 5-digit key or a uuid needs induction-like copying that a "
             "model of this size and training budget has not learned (Titans Table 2 models are ~760M trained on 30B "
             "tokens); the scoring itself is tested with an oracle model (recall 1 and 0). What the run does show is the machinery: prompts of exactly N tokens with the needle at the "

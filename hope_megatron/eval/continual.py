@@ -153,7 +153,8 @@ def run(spec: dict, mode: str, seeds: List[int], n_boot: int = 1000) -> dict:
         per_seed = [mode_b(spec, evalsets, tokenizer, seed) for seed in seeds]
     matrix = np.mean([w.mean(-1) for w in per_seed], axis=0)
     start = ["start"] if mode == "B" or spec.get("start_checkpoint") else []
-    res = {"kind": "continual", "mode": mode, "run": run_info(ck), "segments": names, "seeds": seeds,
+    info_ck = (spec.get("start_checkpoint") or ck) if mode == "A" else ck  # mode A: the model the sequence starts from
+    res = {"kind": "continual", "mode": mode, "run": run_info(info_ck), "segments": names, "seeds": seeds,
            "matrix": matrix.tolist(), "row_labels": start + [f"after {n}" for n in names],
            **forgetting(matrix), "average_forgetting_ci": bootstrap_af(per_seed, n_boot),
            "per_seed_average_forgetting": [forgetting(w.mean(-1))["average_forgetting"] for w in per_seed],

@@ -71,6 +71,7 @@ def _save_converted(model, path):
 
 def test_mode_a_rows_are_each_checkpoint_on_every_segment(tmp_path):
     import json
+    import os
 
     from hope_megatron.eval.continual import run, window_losses
     from hope_megatron.inference import load_model
@@ -91,6 +92,7 @@ def test_mode_a_rows_are_each_checkpoint_on_every_segment(tmp_path):
             "checkpoints": cks[1:]}
     res = run(spec, "A", [0], n_boot=50)
     assert res["row_labels"] == ["start", "after a", "after b"]
+    assert res["run"]["checkpoint"] == os.path.abspath(cks[0])  # the model the sequence starts from
     m = np.asarray(res["matrix"])
     assert m.shape == (3, 2)
     from hope_megatron.eval.common import load_tokenizer
