@@ -179,12 +179,13 @@ LIMITS = {
                 "Wino 50, ARC 25, SIQA 33; BoolQ depends on which answer the model prefers: 62% say yes) and with "
                 "a limited item count the standard error is several points (table), so differences to chance are "
                 "noise, not skill. The paper's rows are for comparison of method only at 340M parameters and up.",
-    "niah": "Recall near 0 is expected: retrieving a 5-digit key or a uuid needs induction-like copying that a "
-            "model of this size and training budget has not learned (Titans Table 2 models are ~760M trained on 30B "
-            "tokens); the scoring itself is tested with an oracle model (recall 1 and 0). What the run does show is the machinery: prompts of exactly N tokens with the needle at the "
-            "requested depth, greedy decoding from streamed state, and the peak memory while reading: it stops "
-            "growing once the prompt is longer than one streamed segment (the carried state has a fixed size, "
-            "hope_math §7.2), which is what lets memory variants read 512k tokens where attention cannot.",
+    "niah": ("Recall near 0 is expected: retrieving a 5-digit key or a uuid needs induction-like copying that a model "
+             "of this size and training budget has not learned (Titans Table 2 models are ~760M trained on 30B "
+             "tokens); the scoring itself is tested with an oracle model (recall 1 and 0). What the run does show is "
+             "the machinery: prompts of exactly N tokens with the needle at the requested depth, greedy decoding from "
+             "streamed state, and the peak memory while reading: it stops growing once the prompt spans two streamed "
+             "segments (the carried state has a fixed size, hope_math §7.2), which is what lets memory "
+             "variants read 512k tokens where attention cannot."),
     "continual": "With a few dozen iterations per segment the checkpoint sequence (mode A) shows ordinary domain "
                  "shift: each segment's loss drops while it is trained on and earlier segments drift back up; "
                  "test-time CMS (mode B) on 2k streamed tokens moves losses by thousandths of a nat, so its "
@@ -220,8 +221,8 @@ def summary(kind: str, results: List[dict]) -> str:
             hits = sum(c["recall"] * c["trials"] for c in run)
             peaks = {c["length"]: c["peak_bytes"] for c in run if c.get("peak_bytes")}
             lines.append(f"recall {hits:g}/{sum(c['trials'] for c in run)} prompts over {len(run)} cells"
-                         + ("; peak MiB " + ", ".join(f"{_fmt_len(n)} {b / 2**20:.1f}" for n, b in sorted(peaks.items()))
-                            if peaks else ""))
+                         + ("; peak MiB " + ", ".join(f"{_fmt_len(n)} {b / 2**20:.1f}"
+                                                      for n, b in sorted(peaks.items())) if peaks else ""))
         elif kind == "continual":
             ci = r["average_forgetting_ci"]
             lines.append(f"mode {r['mode']}: average forgetting {r['average_forgetting']:+.4f} nats "

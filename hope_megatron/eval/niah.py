@@ -10,9 +10,10 @@ never committed) or any .jsonl/.txt (public-domain books from the demo corpus wo
 
 Memory variants read the prompt in `--segment`-token pieces with the carried state (hope_math §7.2), so their memory
 stays flat in the length; attention variants keep a KV cache and are run only while the estimated cache and score
-memory fits `--memory-budget-gb`; longer cells are marked "beyond" (not run). `--measure-memory` records, once per length
-(first trial of its first cell), the peak heap allocation during the model's work above the level at its start (glibc
-mallinfo2 read after every aten op; the prompt ids are allocated before it starts; use --threads 1). Writes JSON, and with `--plot` a recall heatmap PNG (length x depth).
+memory fits `--memory-budget-gb`; longer cells are marked "beyond" (not run). `--measure-memory` records, once per
+length (first trial of its first cell), the peak heap allocation during the model's work above the level at its start
+(glibc mallinfo2 read after every aten op; the prompt ids are allocated before it starts; use --threads 1). Writes
+JSON, and with `--plot` a recall heatmap PNG (length x depth).
 """
 
 from __future__ import annotations
