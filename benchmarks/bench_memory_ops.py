@@ -81,6 +81,9 @@ def main():
     ap.add_argument("--expansion", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--inner-clip", type=float, default=0.3)
+    ap.add_argument("--mmap-threshold", type=int, default=131072,
+                    help="MALLOC_MMAP_THRESHOLD_ for the children (bytes); 0 leaves glibc's default allocator, under "
+                         "which peak RSS includes heap fragmentation and the naive form needs ~4x its live memory")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -88,12 +91,17 @@ def main():
         print(json.dumps(child(impl, mode, args)))
         return
 
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", OMP_NUM_THREADS=str(args.threads))
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    env.pop("MALLOC_MMAP_THRESHOLD_", None)
+    if args.mmap_threshold > 0:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
+    alloc = (f"MALLOC_MMAP_THRESHOLD_={args.mmap_threshold}" if args.mmap_threshold > 0
+             else "glibc default allocator (peak RSS includes heap fragmentation)")
     print(f"bench_memory_ops: B={args.batch} H={args.heads} d_h={args.head_dim} T={args.seq_len} C={args.chunk} "
           f"expansion={args.expansion}; HOPE defaults (5 memories, DGD, momentum 0.9, decay), inner_clip={args.inner_clip}, fp32, "
           f"{args.threads} torch thread(s), host {os.cpu_count()} cores")
     print("each case: fresh subprocess, 64-token warm-up, then ONE timed call at full length; fwd = no_grad forward, "
-          "fwd+bwd = forward + backward of mean(y^2); peak = ru_maxrss - RSS before the call, MALLOC_MMAP_THRESHOLD_=131072")
+          f"fwd+bwd = forward + backward of mean(y^2); peak = ru_maxrss - RSS before the call; {alloc}")
     results = {}
     cases = [("chunked", "fwd"), ("chunked", "fwdbwd"), ("chunked-recompute", "fwdbwd"), ("naive", "fwd"),
              ("naive", "fwdbwd")]
