@@ -38,6 +38,7 @@ def _chunk_clipped(ws, ms, factors, eta, log_alpha, cfg, zw=None):
 
 
 _ADVANCE = {"naive": _token_loop_clipped, "chunked": _chunk_clipped}
+_FUSE_GRIDS = True  # one chunk loop for all memories when C_proj = C_mem (tests switch it off to compare)
 _CHANNELS = ("k", "v", "eta", "log_alpha")
 
 
@@ -123,10 +124,15 @@ def _write(ws, ms, kvea, cfg, advance, self_target, read=None):
     return (y, *advance(ws, ms, factors, kvea["eta"], kvea["log_alpha"], cfg, zw))
 
 
-def _proj_chunk(ws, ms, x_c, q_c, st_c, mask_c, prefix, p, *, names, cfg, advance, write):
-    """One C_proj chunk: read k, v, η, α (and q) at the boundary for its new tokens, then write if it closes."""
-    z = torch.stack([q_c if m == "q" else x_c for m in names])         # M_q reads q, the others x̃
-    o = dict(zip(names, memory_eval(ws, z, mask_c).unbind(0)))         # M_□(x̃_t) at τ_p(t), §2.3
+def _proj_chunk(ws, ms, x_c, q_c, st_c, mask_c, prefix, p, *, names, cfg, advance, write, with_mem=False):
+    """One C_proj chunk: read k, v, η, α (and q) at the boundary for its new tokens, then write if it closes.
+
+    with_mem (C_proj = C_mem, no M_q): M_mem is the last memory of the group, so its read y = M_mem(q_t) at τ_m(t)
+    and its write (same chunk, same k, v, η, α, self-generated target) are batched with the projection memories';
+    the chunk then returns y where it would return the queries."""
+    z = torch.stack([q_c if m == "q" else x_c for m in names] + ([q_c] if with_mem else []))  # M_q, M_mem read q
+    o_all = memory_eval(ws, z, mask_c).unbind(0)                       # M_□(x̃_t) at τ_p(t), §2.3
+    o = dict(zip(names, o_all))
     new = {
         "k": l2norm(o["k"] if "k" in o else st_c["k"]),                # k_t = ℓ2norm(M_k(x̃_t))
         "v": o["v"] if "v" in o else st_c["v"],                        # v_t = M_v(x̃_t)
@@ -134,10 +140,10 @@ def _proj_chunk(ws, ms, x_c, q_c, st_c, mask_c, prefix, p, *, names, cfg, advanc
     }
     new["log_alpha"] = (F.logsigmoid(_readout(o["alpha"], p["alpha_readout"], p["alpha_bias"]))  # log α_t in fp32+
                         if "alpha" in o else torch.zeros_like(new["eta"]))                         # decay off: α ≡ 1
-    q_read = l2norm(o["q"]) if "q" in o else q_c
+    out = o_all[-1] if with_mem else (l2norm(o["q"]) if "q" in o else q_c)  # y (§2.6), or the queries for pass 2
     if write:   # v̂_□ = M_□(v_t), self-generated (Eq 84–86)
         _, ws, ms = _write(ws, ms, _cat(prefix, new), cfg, advance, self_target=True)
-    return new, q_read, ws, ms
+    return new, out, ws, ms
 
 
 def _mem_chunk(ws, ms, q_c, kvea_c, prefix, *, cfg, advance, write):
@@ -231,46 +237,56 @@ def titans_memory(x: torch.Tensor, q: torch.Tensor, params: Dict[str, torch.Tens
     end = pos + length
     names = cfg.projection_memories()
 
+    # One pass when both grids coincide (and M_mem reads the raw q): M_mem joins the projection memories' group,
+    # every chunk step then covers all five memories at once (§3.6 steps 2 and 3 share their chunks).
+    fused = bool(names) and _FUSE_GRIDS and "q" not in names and cfg.proj_chunk == cfg.mem_chunk \
+        and not cfg.read_after_update
+    group = names + (("mem",) if fused else ())
+
     # (1) projection pass on the C_proj grid (§3.6 step 2)
-    proj_w, proj_m, q_read = {}, {}, qs
+    proj_w, proj_m, q_read, ys = {}, {}, qs, []
     if not names:
         kvea = _static_channels(st, p, cfg)
     else:
         masks = None
         if training and cfg.update_dropout > 0:  # update dropout on M_k, M_v, M_η, M_α's residual branch (§2.3)
             keep = 1.0 - cfg.update_dropout
-            masks = torch.stack([(torch.rand(xs.shape, device=xs.device) < keep).to(cdt) / keep if m != "q"
-                                 else torch.ones_like(xs) for m in names])
-        ws, ms = _stack(state, names, "weights"), _stack(state, names, "momentum")
+            masks = torch.stack([(torch.rand(xs.shape, device=xs.device) < keep).to(cdt) / keep
+                                 if m not in ("q", "mem") else torch.ones_like(xs) for m in group])
+        ws, ms = _stack(state, group, "weights"), _stack(state, group, "momentum")
         prefix = _tail(state.pending, pos % cfg.proj_chunk)
-        pieces, q_pieces = [], []
+        pieces, outs = [], []
         grid = _chunks(pos, length, cfg.proj_chunk)
         sizes = [n for n, _ in grid]
         inputs = zip(_split(xs, sizes), _split(qs, sizes), _split_dict(st, sizes), _split(masks, sizes, dim=3))
         for i, ((_, closes), (x_c, q_c, st_c, mask_c)) in enumerate(zip(grid, inputs)):
             write = closes and (return_state or i < len(grid) - 1)  # the last write matters only to a returned state
-            fn = partial(_proj_chunk, names=names, cfg=cfg, advance=advance, write=write)
-            new, qr, ws, ms = _run(fn, recompute, ws, ms, x_c, q_c, st_c, mask_c, prefix, p)
+            fn = partial(_proj_chunk, names=names, cfg=cfg, advance=advance, write=write, with_mem=fused)
+            new, out, ws, ms = _run(fn, recompute, ws, ms, x_c, q_c, st_c, mask_c, prefix, p)
             pieces.append(new)
-            q_pieces.append(qr)
+            outs.append(out)
             prefix = {}
         kvea = {c: torch.cat([piece[c] for piece in pieces], dim=2) for c in _CHANNELS}
-        q_read = torch.cat(q_pieces, dim=2)
-        proj_w = {m: tuple(w[g] for w in ws) for g, m in enumerate(names)}
-        proj_m = {m: tuple(w[g] for w in ms) for g, m in enumerate(names)}
+        proj_w = {m: tuple(w[g] for w in ws) for g, m in enumerate(group)}
+        proj_m = {m: tuple(w[g] for w in ms) for g, m in enumerate(group)}
+        if fused:
+            ys = outs
+        else:
+            q_read = torch.cat(outs, dim=2)
 
     # (2) memory pass on the C_mem grid (§3.6 step 3)
-    ws, ms = _stack(state, ("mem",), "weights"), _stack(state, ("mem",), "momentum")
-    prefix = _tail(state.pending, pos % cfg.mem_chunk)
-    ys = []
-    grid = _chunks(pos, length, cfg.mem_chunk)
-    sizes = [n for n, _ in grid]
-    for i, ((_, closes), q_c, kvea_c) in enumerate(zip(grid, _split(q_read, sizes), _split_dict(kvea, sizes))):
-        write = closes and (return_state or i < len(grid) - 1 or cfg.read_after_update)
-        fn = partial(_mem_chunk, cfg=cfg, advance=advance, write=write)
-        y, ws, ms = _run(fn, recompute, ws, ms, q_c, kvea_c, prefix)
-        ys.append(y)
-        prefix = {}
+    if not fused:
+        ws, ms = _stack(state, ("mem",), "weights"), _stack(state, ("mem",), "momentum")
+        prefix = _tail(state.pending, pos % cfg.mem_chunk)
+        grid = _chunks(pos, length, cfg.mem_chunk)
+        sizes = [n for n, _ in grid]
+        for i, ((_, closes), q_c, kvea_c) in enumerate(zip(grid, _split(q_read, sizes), _split_dict(kvea, sizes))):
+            write = closes and (return_state or i < len(grid) - 1 or cfg.read_after_update)
+            fn = partial(_mem_chunk, cfg=cfg, advance=advance, write=write)
+            y, ws, ms = _run(fn, recompute, ws, ms, q_c, kvea_c, prefix)
+            ys.append(y)
+            prefix = {}
+        proj_w["mem"], proj_m["mem"] = tuple(w[0] for w in ws), tuple(w[0] for w in ms)
     y = torch.cat(ys, dim=2).to(x.dtype) if ys else x.new_zeros(x.shape)
     if not return_state:
         return y
@@ -278,6 +294,4 @@ def titans_memory(x: torch.Tensor, q: torch.Tensor, params: Dict[str, torch.Tens
     # the open chunks' tokens (§7.2): the last max(end mod C_proj, end mod C_mem) tokens' k, v, η, log α
     keep = max(end % cfg.mem_chunk, end % cfg.proj_chunk if names else 0)
     pending = _tail(_cat(state.pending, kvea), keep)
-    weights = dict(state.weights, **proj_w, mem=tuple(w[0] for w in ws))
-    momentum = dict(state.momentum, **proj_m, mem=tuple(w[0] for w in ms))
-    return y, TitansState(weights, momentum, end, pending)
+    return y, TitansState(dict(state.weights, **proj_w), dict(state.momentum, **proj_m), end, pending)
