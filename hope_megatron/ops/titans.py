@@ -6,8 +6,10 @@ Per call, two passes over two chunk grids (§2.7, §3.6):
   (1) projection pass on the C_proj grid: M_k, M_v, M_η, M_α (and M_q) read x̃ (and q) at their boundary state,
       giving k, v, η, α for every token; at each chunk end they write with their own k, v, η, α (self-referential);
   (2) memory pass on the C_mem grid: M_mem reads y = M_mem(q) at its boundary state, then writes with v̂ = M_mem(v).
-The chunked form's backward keeps, per chunk, the boundary state (W, m) and the write ΔW (§2.8: memory grows with
-the number of chunks, never with tokens × state); with cfg.recompute_chunks it keeps only the boundary state and
+When C_proj = C_mem and M_mem reads the raw q (no M_q), the two passes share every chunk and run as one loop with
+M_mem as the fifth memory of the group (same numbers; tests compare both drivers).
+The chunked form's backward keeps, per chunk, the boundary state (W, m) and O(n·d_h) activations (§2.8: memory grows
+with the number of chunks, never with tokens × state); with cfg.recompute_chunks it keeps only the chunk inputs and
 re-runs each chunk step in the backward (activation checkpointing).
 """
 
