@@ -98,7 +98,7 @@ class HopeConfig(TransformerConfig):
         "read the post-update memory (deltanet preset only; needs chunk 1)."))
     memory_zero_init: bool = field(default=False, metadata=_h("meta-initial memory weights W0 = 0 (deltanet preset)."))
     titans_recompute_chunks: bool = field(default=False, metadata=_h(
-        "re-run each Titans chunk in the backward instead of keeping its activations: ~1/3 the op's memory, ~1.2x its time."))
+        "re-run each Titans chunk in the backward instead of keeping its activations: ~1/3 the op's memory, 1.2-1.4x its time."))
     cms_levels: int = field(default=4, metadata=_h("CMS levels K (hope_math §4.1); 1 = one ordinary MLP."))
     cms_periods: Optional[List[int]] = field(default=None, metadata=_h(
         "update period of each CMS level in optimizer iterations (default: the first K of 1 4 32 128)."))
