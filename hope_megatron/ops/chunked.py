@@ -23,6 +23,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from .config import TitansOpConfig
+from .memory_mlp import clip_scale
 
 
 def _t(x: torch.Tensor) -> torch.Tensor:
@@ -62,11 +63,7 @@ class _ChunkWrite(torch.autograd.Function):
             if r is not None:
                 d.addcmul_(r[:, None, None], m, value=-1.0)                    # − r m
             deltas.append(d)
-        f = norm = None
-        if c_clip != float("inf"):
-            sq = sum(torch.linalg.vector_norm(d.flatten(1), dim=1) ** 2 for d in deltas)
-            norm = torch.sqrt(sq.clamp_min(1e-300 if sq.dtype == torch.float64 else 1e-30))
-            f = (c_clip / norm).clamp(max=1.0)                                 # exactly 1 when inactive
+        f, norm = clip_scale(deltas, c_clip) if c_clip != float("inf") else (None, None)  # f ≡ 1 when inactive
         # W' = W + f ΔW, written over ΔW's buffer (no further state-sized allocation)
         new_ws = [torch.addcmul(w, f[:, None, None], d, out=d) if f is not None else d.add_(w)
                   for w, d in zip(ws, deltas)]

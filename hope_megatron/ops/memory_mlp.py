@@ -72,25 +72,15 @@ def _factors(ws, k, a, h, m_k, v_hat):
     return [(nk * e, k_hat)], (nk,)
 
 
-def inner_grad_factors(ws: Sequence[torch.Tensor], k: torch.Tensor,
-                       v_hat: torch.Tensor) -> List[Tuple[torch.Tensor, torch.Tensor]]:
-    """Rank-1 factors (u_t, ẑ_t) of G_t = ∂ℓ_t/∂W = u_t ẑ_tᵀ per layer, at the boundary weights ws.
-
-    ℓ_t = ‖M(k_t) − v̂_t‖² with v̂ constant for the inner gradient (hope_math §2.4, NL-arXiv Eqs 84–88):
-      a = W₂k, h = σ(a), e = 2(k + W₁h − v̂), G₁ = e hᵀ, G₂ = δ kᵀ with δ = (W₁ᵀe) ⊙ σ′(a);
-    linear memory: G = 2(Wk − v̂) kᵀ. The left factor absorbs the input's norm, u = max(‖z‖, ε)·(…), so
-    that u ẑᵀ equals G exactly. Returned in state order: [(u₁, ĥ), (u₂, k̂)] or [(u, k̂)].
-    """
-    a, h, _, m_k = _mlp(ws, k)
-    return _factors(ws, k, a, h, m_k, v_hat)[0]
-
-
 def boundary_terms(ws: Sequence[torch.Tensor], k: torch.Tensor, v: torch.Tensor, self_target: bool,
                    read: Optional[torch.Tensor] = None):
     """What one chunk needs from a memory at its boundary weights, each weight read once per matmul (§2.4, §2.6).
 
-    Returns (M(read) or None, the inner-gradient factors as inner_grad_factors gives them, ẑ Wᵀ per layer) for
-    the target v̂ = M(v) (self-generated, Eqs 84–86) or v̂ = v (plain Titans). The read, v and k rows are stacked
+    Returns (M(read) or None, factors, ẑ Wᵀ per layer) for the target v̂ = M(v) (self-generated, Eqs 84–86) or
+    v̂ = v (plain Titans). factors: rank-1 (u_t, ẑ_t) of G_t = ∂ℓ_t/∂W = u_t ẑ_tᵀ, ℓ_t = ‖M(k_t) − v̂_t‖² with v̂
+    constant (NL-arXiv Eqs 84–88): a = W₂k, h = σ(a), e = 2(k + W₁h − v̂), G₁ = e hᵀ, G₂ = δ kᵀ with
+    δ = (W₁ᵀe) ⊙ σ′(a); linear memory: G = 2(Wk − v̂) kᵀ. u = max(‖z‖, ε)·(…) absorbs the input's norm so that
+    u ẑᵀ equals G exactly; state order [(u₁, ĥ), (u₂, k̂)] or [(u, k̂)]. The read, v and k rows are stacked
     along the token axis, so the W₂ and W₁ products of all three are two matmuls instead of six; ẑ Wᵀ (the DGD
     term of §3.4) falls out of the k rows' products: k̂ W₂ᵀ = a/‖k‖, ĥ W₁ᵀ = W₁h/‖h‖ (linear: k̂ Wᵀ = Wk/‖k‖).
     """
@@ -109,17 +99,20 @@ def boundary_terms(ws: Sequence[torch.Tensor], k: torch.Tensor, v: torch.Tensor,
     return y, factors, zw
 
 
-def apply_clipped_delta(start: Sequence[torch.Tensor], deltas: Sequence[torch.Tensor],
-                        c_clip: float) -> List[torch.Tensor]:
-    """W_end = W_start + f·ΔW with the per-chunk inner-update clip (hope_math §2.5, §10 #10).
+def clip_scale(deltas: Sequence[torch.Tensor], c_clip: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(f, ‖(ΔW₁, ΔW₂)‖_F) of the per-chunk inner-update clip (hope_math §2.5, §10 #10), per leading index.
 
-    f = min(1, c_clip / ‖(ΔW₁, ΔW₂)‖_F), the joint Frobenius norm per leading index (memory, sequence, head).
-    f is exactly 1 when the clip is inactive, so the result is then W_start + ΔW bitwise, as with c_clip = ∞;
-    the scale c/‖Δ‖ is differentiable where the clip is active (§2.8). One fused addcmul per layer.
+    f = min(1, c_clip / ‖Δ‖) is exactly 1 when the clip is inactive; c/‖Δ‖ is differentiable where it is active.
     """
-    if c_clip == float("inf"):
-        return [s + d for s, d in zip(start, deltas)]
     sq = sum(torch.linalg.vector_norm(d, dim=(-2, -1)) ** 2 for d in deltas)
     norm = torch.sqrt(sq.clamp_min(1e-300 if sq.dtype == torch.float64 else 1e-30))
-    scale = (c_clip / norm).clamp(max=1.0)[..., None, None]
+    return (c_clip / norm).clamp(max=1.0), norm
+
+
+def apply_clipped_delta(start: Sequence[torch.Tensor], deltas: Sequence[torch.Tensor],
+                        c_clip: float) -> List[torch.Tensor]:
+    """W_end = W_start + f·ΔW with the per-chunk clip (clip_scale); W_start + ΔW bitwise when inactive or c = ∞."""
+    if c_clip == float("inf"):
+        return [s + d for s, d in zip(start, deltas)]
+    scale = clip_scale(deltas, c_clip)[0][..., None, None]
     return [torch.addcmul(s, scale, d) for s, d in zip(start, deltas)]

@@ -246,7 +246,7 @@ def titans_memory(x: torch.Tensor, q: torch.Tensor, params: Dict[str, torch.Tens
     group = names + (("mem",) if fused else ())
 
     # (1) projection pass on the C_proj grid (§3.6 step 2)
-    proj_w, proj_m, q_read, ys = {}, {}, qs, []
+    new_w, new_m, q_read, ys = {}, {}, qs, []
     if not names:
         kvea = _static_channels(st, p, cfg)
     else:
@@ -269,8 +269,8 @@ def titans_memory(x: torch.Tensor, q: torch.Tensor, params: Dict[str, torch.Tens
             outs.append(out)
             prefix = {}
         kvea = {c: torch.cat([piece[c] for piece in pieces], dim=2) for c in _CHANNELS}
-        proj_w = {m: tuple(w[g] for w in ws) for g, m in enumerate(group)}
-        proj_m = {m: tuple(w[g] for w in ms) for g, m in enumerate(group)}
+        new_w = {m: tuple(w[g] for w in ws) for g, m in enumerate(group)}
+        new_m = {m: tuple(w[g] for w in ms) for g, m in enumerate(group)}
         if fused:
             ys = outs
         else:
@@ -288,7 +288,7 @@ def titans_memory(x: torch.Tensor, q: torch.Tensor, params: Dict[str, torch.Tens
             y, ws, ms = _run(fn, recompute, ws, ms, q_c, kvea_c, prefix)
             ys.append(y)
             prefix = {}
-        proj_w["mem"], proj_m["mem"] = tuple(w[0] for w in ws), tuple(w[0] for w in ms)
+        new_w["mem"], new_m["mem"] = tuple(w[0] for w in ws), tuple(w[0] for w in ms)
     y = torch.cat(ys, dim=2).to(x.dtype) if ys else x.new_zeros(x.shape)
     if not return_state:
         return y
@@ -296,4 +296,4 @@ def titans_memory(x: torch.Tensor, q: torch.Tensor, params: Dict[str, torch.Tens
     # the open chunks' tokens (§7.2): the last max(end mod C_proj, end mod C_mem) tokens' k, v, η, log α
     keep = max(end % cfg.mem_chunk, end % cfg.proj_chunk if names else 0)
     pending = _tail(_cat(state.pending, kvea), keep)
-    return y, TitansState(dict(state.weights, **proj_w), dict(state.momentum, **proj_m), end, pending)
+    return y, TitansState(dict(state.weights, **new_w), dict(state.momentum, **new_m), end, pending)

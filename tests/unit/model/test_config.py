@@ -18,6 +18,7 @@ def test_defaults_are_hope_math_section_1():
     op = c.to_op_config()
     assert (op.chunk_size, op.momentum, op.eta_max, op.eta_init, op.alpha_init) == (8, 0.9, 0.1, 0.01, 0.999)
     assert op.memory_names() == ("k", "v", "eta", "alpha", "mem") and math.isinf(op.inner_clip)
+    assert not op.recompute_chunks and HopeConfig(titans_recompute_chunks=True, **SHAPE).to_op_config().recompute_chunks
 
 
 def test_variant_presets():

@@ -6,7 +6,7 @@ import torch
 
 from hope_megatron.ops import TitansOpConfig, causal_conv1d
 from hope_megatron.ops.chunked import _ChunkWrite, advance_chunk, wy_factor
-from hope_megatron.ops.memory_mlp import apply_clipped_delta, inner_grad_factors, l2norm, memory_eval
+from hope_megatron.ops.memory_mlp import apply_clipped_delta, boundary_terms, l2norm, memory_eval
 from hope_megatron.ops.naive import advance_token_loop
 
 F64 = torch.float64
@@ -25,13 +25,15 @@ def test_closed_form_inner_gradient_matches_autograd(depth, r):
     ws = [torch.randn(s, generator=g, dtype=F64, requires_grad=True) for s in shapes]
     k = l2norm(torch.randn(B, H, n, d, generator=g, dtype=F64))
     v_hat = torch.randn(B, H, n, d, generator=g, dtype=F64)
-    factors = inner_grad_factors([w.detach() for w in ws], k, v_hat)
+    _, factors, zw = boundary_terms([w.detach() for w in ws], k, v_hat, self_target=False)
     for t in range(n):
         loss = (memory_eval(ws, k[:, :, t:t + 1]) - v_hat[:, :, t:t + 1]).square().sum()
         auto = torch.autograd.grad(loss, ws)
         for (u, z), gw in zip(factors, auto):
             closed = u[:, :, t, :, None] * z[:, :, t, None, :]
             assert err(closed, gw) <= 1e-12
+    for (_, z), w, z_w in zip(factors, ws, zw):  # the DGD term ẑ Wᵀ handed to the advance (§3.4)
+        assert err(z_w, z @ w.detach().transpose(-1, -2)) <= 1e-12
 
 
 def test_wy_factor_equals_explicit_product():

@@ -14,8 +14,9 @@ def test_hope_flags_come_from_hopeconfig():
     names = [f.name for f in hope_fields()]
     assert len(names) >= 20 and set(names) <= dests
     args = parse_args(MOCK + ["--cms-levels", "3", "--cms-periods", "1", "4", "16", "--cms-warmup", "0", "5", "9",
-                              "--no-self-mod", "--memory-heads", "4", "--titans-chunk-size", "16"])
-    assert args.cms_periods == [1, 4, 16] and args.cms_warmup == [0, 5, 9]
+                              "--no-self-mod", "--memory-heads", "4", "--titans-chunk-size", "16",
+                              "--titans-recompute-chunks"])
+    assert args.cms_periods == [1, 4, 16] and args.cms_warmup == [0, 5, 9] and args.titans_recompute_chunks is True
     assert args.self_mod is False and args.memory_heads == 4 and args.titans_chunk_size == 16
 
 
