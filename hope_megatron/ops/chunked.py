@@ -14,6 +14,12 @@ Replaces naive.advance_token_loop with closed-form matrix algebra over the whole
 Row r_t of R is the value actually written at token t (r_t = −λ_t W_{t−1}ẑ_t − η_t u_t). With DGD off, Φ = Ψ = 0
 and no solve is needed. The triangular solve, Λ and all gate ratios run in the state dtype (fp32, or fp64 when
 the inputs are fp64; §3.7).
+
+Split of the work: the gates (everything built from η and log α alone: [B, H, n] vectors and [B, H, n, n]
+matrices) are computed with autograd in advance_chunk; everything with a d-sized axis (Gram matrices, the solve,
+the written rows, the state write and the clip) is one autograd Function, _ChunkStep, whose backward is written by
+hand (derivation in its docstring). Autograd over that part would keep and revisit ~20 O(n·d) temporaries per
+layer and accumulate the state-sized gradients piecewise.
 """
 
 from __future__ import annotations
@@ -30,95 +36,191 @@ def _t(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(-1, -2)
 
 
-def _flat(x: torch.Tensor, lead) -> torch.Tensor:
-    """[*lead, a, b] (x may broadcast over lead) -> [N, a, b]."""
-    return x.expand(*lead, *x.shape[-2:]).reshape(-1, *x.shape[-2:])
+def _dot(x: torch.Tensor, y: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """Per-matrix Frobenius inner product ⟨x_i, y_i⟩ over the last two dims; the product goes to a reused
+    state-sized scratch buffer (linalg.vecdot allocates a fresh one per call and measured ~2× slower on CPU)."""
+    return torch.mul(x, y, out=scratch).sum((-2, -1))
 
 
-def _dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-matrix Frobenius inner product ⟨x_i, y_i⟩ of contiguous [N, a, b] tensors (one fused reduction)."""
-    return torch.linalg.vecdot(x.flatten(1), y.flatten(1))
+def _rowdot(x: torch.Tensor, y: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """Σ_memories ⟨x_t, y_t⟩ per (head, token): the gradient of a per-token gate from [G, N, n, d] factors."""
+    return torch.mul(x, y, out=scratch).sum(-1).sum(0)
 
 
-class _ChunkWrite(torch.autograd.Function):
-    """The state-sized end of a chunk write, fused, with its own backward (hope_math §2.5, §3.4, §3.5, §2.8).
+def _f3(x: torch.Tensor) -> torch.Tensor:
+    """[G, N, a, b] → [G·N, a, b] for bmm/baddbmm (a view for every layout used here, transposed ones included)."""
+    return x.flatten(0, 1)
 
-    Per layer l of a group, on flattened leading dims N = (memories, sequences, heads):
-      ΔW_l = g W_l − r m_l + A_lᵀ Ẑ_l           g = Γ − 1, r = ρ_n (None without momentum), A_l = written rows
-      W_l' = W_l + f ΔW_l,  f = min(1, c / ‖(ΔW_1, ΔW_2)‖_F)   (per-chunk clip; f ≡ 1 with c = ∞)
-      m_l' = β^n m_l + B_lᵀ Ẑ_l                  B_l = diag(β^{n−t}) U_l
-    Autograd through the unfused form keeps and revisits several state-sized temporaries per layer; here each
-    state-sized tensor is touched a fixed few times and the gate gradients ⟨·,·⟩ are single reductions.
-    Saved: W, m and W' (all alive anyway as boundary states), the O(n·d) factors, and per-head scalars. The
-    backward needs the applied write fΔW only where the clip is active, and takes it as W' − W.
+
+def _full(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """x [1 or G, N, a, b] with the memory axis of `like` (a contiguous copy only when x is shared by all G)."""
+    return x if x.shape[0] == like.shape[0] else x.expand(like.shape[0], *x.shape[1:]).contiguous()
+
+
+def _sum_to(x: torch.Tensor, lead: int) -> torch.Tensor:
+    """Reduce the memory axis of x [G, …] to `lead` (1 for an input shared by all memories, e.g. k̂)."""
+    return x.sum(0, keepdim=True) if lead == 1 and x.shape[0] != 1 else x
+
+
+class _ChunkStep(torch.autograd.Function):
+    """One chunk's state advance and write for a group of memories, with its own backward (hope_math §3.4, §3.5,
+    §2.5, §2.8).
+
+    Shapes: G memories, N = B·H sequence-heads, n tokens. Per layer: W, m [G, N, o, i]; U [G, N, n, o];
+    Ẑ [Gz, N, n, i] with Gz ∈ {1, G} (ĥ differs per memory, k̂ is shared); ẐWᵀ [G, N, n, o] or None (then computed
+    here). Gates, shared by every memory and layer of a head: c_u = −η, c_w = −λγ_{t−1}, c_m = λρ_{t−1},
+    e_out = e^{Λ_n−Λ_t}, k_out = −κ_{n,t} ([N, n]); P = λ_t e^{Λ_{t−1}−Λ_s}, Q = λ_t κ_{t−1,s} ([N, n, n], strictly
+    lower); g = Γ − 1, r = ρ_n ([N]). Forward, per layer (the clip couples the layers of one memory):
+
+      S = ẐẐᵀ,  (I + P⊙S) R = c_u⊙U + c_w⊙ẐWᵀ + c_m⊙Ẑmᵀ + (Q⊙S) U        (written rows, one triangular solve)
+      A = e_out⊙R + k_out⊙U,  Δ = AᵀẐ + gW − r m,  W' = W + fΔ,  f = min(1, c/‖(Δ₁, Δ₂)‖_F)
+      m' = β^n m + (β^{n−t}⊙U)ᵀ Ẑ
+
+    Backward, from G_W', G_m' (G_X = ∂L/∂X; ⊙ with an [N, n] gate scales rows):
+      G_Δ = f G_W' − [clip active] Δ̃ ⟨G_W', Δ̃⟩ / (c‖Δ‖) with Δ̃ = W' − W;  G_W = G_W' + g G_Δ (+ terms below),
+      G_m = β^n G_m' − r G_Δ,  G_g = Σ⟨G_Δ, W⟩,  G_r = −Σ⟨G_Δ, m⟩
+      G_A = Ẑ G_Δᵀ,  G_Ẑ = A G_Δ + (β^{n−t}⊙U) G_m',  G_U = β^{n−t}⊙Ẑ G_m'ᵀ + k_out⊙G_A,  G_R = e_out⊙G_A
+      G_rhs = (I + P⊙S)⁻ᵀ G_R  (transposed unit-triangular solve),  G_(P⊙S) = −tril₋₁(G_rhs Rᵀ)
+      G_U += c_u⊙G_rhs + (Q⊙S)ᵀ G_rhs,  G_(Q⊙S) = G_rhs Uᵀ,  G_ẐWᵀ = c_w⊙G_rhs,
+      G_(Ẑmᵀ) = c_m⊙G_rhs → G_Ẑ += G_(Ẑmᵀ) m, G_m += G_(Ẑmᵀ)ᵀ Ẑ
+      G_S = P⊙G_(P⊙S) + Q⊙G_(Q⊙S) → G_Ẑ += (G_S + G_Sᵀ) Ẑ;  G_P = Σ_G S⊙G_(P⊙S), G_Q = Σ_G S⊙G_(Q⊙S)
+      each row gate's gradient is Σ over memories and the row of (its factor ⊙ the gradient it scales).
+    Saved: W, m and W' (alive anyway as boundary states) and O(n·d) factors per layer; nothing else state-sized.
+    The backward needs the applied write fΔ only where the clip is active, and takes it as W' − W.
     """
 
     @staticmethod
-    def forward(ctx, c_clip, beta_n, n_layers, g, r, *tensors):
-        ws, ms, as_, bs, zs = (tensors[i * n_layers:(i + 1) * n_layers] for i in range(5))
+    def forward(ctx, spec, c_u, c_w, c_m, p, q, e_out, k_out, g, r, *tensors):
+        nl, dgd, mom, beta, c_clip = spec
+        ws, ms, us, zs, zws = (list(tensors[i * nl:(i + 1) * nl]) for i in range(5))
+        n = us[0].shape[-2]
+        mw = (beta ** torch.arange(n - 1, -1, -1, device=g.device, dtype=g.dtype))[:, None]   # β^{n−t}
         g3 = g[:, None, None]
-        deltas = []
-        for w, m, a, z in zip(ws, ms, as_, zs):
-            d = torch.bmm(a.transpose(1, 2), z).addcmul_(g3, w)               # Aᵀ Ẑ + g W
-            if r is not None:
-                d.addcmul_(r[:, None, None], m, value=-1.0)                    # − r m
+        r3 = r[:, None, None] if mom else None
+        keep, deltas, new_ms = [], [], []
+        for li, (w, m, u, z) in enumerate(zip(ws, ms, us, zs)):
+            ze = _full(z, u)                                                  # Ẑ per memory (one copy if shared)
+            rhs = u * c_u[..., None]                                          # −diag(η) U
+            gram = zm = None
+            if dgd:
+                gram = z @ _t(z)                                              # S = ẐẐᵀ (once if shared)
+                if zws[li] is None:
+                    zws[li] = ze @ _t(w)                                      # Ẑ W_startᵀ
+                rhs.addcmul_(c_w[..., None], zws[li])                         # − diag(λγ_{t−1}) Ẑ W_startᵀ
+                if mom:
+                    zm = ze @ _t(m)
+                    rhs.addcmul_(c_m[..., None], zm)                          # + diag(λρ_{t−1}) Ẑ m_startᵀ
+                    _f3(rhs).baddbmm_(_f3(_full(q * gram, u)), _f3(u))        # + Ψ U
+                rr = torch.linalg.solve_triangular(p * gram, rhs, upper=False, unitriangular=True)  # (I + Φ) R = rhs
+            else:
+                rr = rhs                                                      # Φ = Ψ = 0: r_t = −η_t u_t
+            a = rr * e_out[..., None]                                         # diag(e^{Λ_n−Λ_t}) R
+            if mom:
+                a.addcmul_(k_out[..., None], u)                               # − diag(κ_{n,t}) U
+            d = torch.bmm(_f3(_t(a)), _f3(ze)).view(w.shape).addcmul_(g3, w)  # AᵀẐ + (Γ − 1) W
+            if mom:
+                d.addcmul_(r3, m, value=-1.0)                                 # − ρ_n m
             deltas.append(d)
-        f, norm = clip_scale(deltas, c_clip) if c_clip != float("inf") else (None, None)  # f ≡ 1 when inactive
+            # m' = β^n m + Uᵀ diag(β^{n−t}) Ẑ, the scale of m riding on the matmul's output pass
+            new_ms.append(torch.baddbmm(_f3(m), _f3(_t(u * mw)), _f3(ze), beta=beta ** n).view(m.shape))
+            keep.append((rr, a, gram, zm))
+        f, norm = clip_scale(deltas, c_clip) if c_clip != float("inf") else (None, None)   # f ≡ 1 when inactive
         # W' = W + f ΔW, written over ΔW's buffer (no further state-sized allocation)
-        new_ws = [torch.addcmul(w, f[:, None, None], d, out=d) if f is not None else d.add_(w)
+        new_ws = [torch.addcmul(w, f[..., None, None], d, out=d) if f is not None else d.add_(w)
                   for w, d in zip(ws, deltas)]
-        new_ms = [torch.bmm(b.transpose(1, 2), z) for b, z in zip(bs, zs)]   # Bᵀ Ẑ
-        if beta_n != 0.0:
-            new_ms = [nm.add_(m, alpha=beta_n) for nm, m in zip(new_ms, ms)]  # + β^n m
-        ctx.c_clip, ctx.beta_n, ctx.n_layers, ctx.has_r = c_clip, beta_n, n_layers, r is not None
+        ctx.spec, ctx.zw_given = spec, [t is not None for t in tensors[4 * nl:5 * nl]]
         empty = g.new_empty(0)
-        ctx.save_for_backward(g, r if r is not None else empty, f if f is not None else empty,
-                              norm if norm is not None else empty, *ws, *ms, *as_, *bs, *zs, *new_ws)
+        opt = lambda t: empty if t is None else t  # noqa: E731
+        ctx.save_for_backward(c_u, opt(c_w), opt(c_m), opt(p), opt(q), e_out, opt(k_out), g, opt(r),
+                              opt(f), opt(norm), *ws, *ms, *new_ws, *us, *zs, *[opt(t) for t in zws],
+                              *[opt(t) for kp in keep for t in kp])
         return (*new_ws, *new_ms)
 
     @staticmethod
     def backward(ctx, *grads):
-        nl = ctx.n_layers
-        g, r, f, norm, *rest = ctx.saved_tensors
-        ws, ms, as_, bs, zs, new_ws = (rest[i * nl:(i + 1) * nl] for i in range(6))
-        # incoming gradients are often transposed views (from the next chunk's W @ ·ᵀ reads); one copy each
-        # here makes every state-sized op below run on contiguous memory (strided ones are ~5× slower on CPU)
-        gws, gms = [gw.contiguous() for gw in grads[:nl]], [gm.contiguous() for gm in grads[nl:]]
+        nl, dgd, mom, beta, c_clip = ctx.spec
+        c_u, c_w, c_m, p, q, e_out, k_out, g, r, f, norm, *rest = ctx.saved_tensors
+        ws, ms, new_ws, us, zs, zws = (rest[i * nl:(i + 1) * nl] for i in range(6))
+        keep = [rest[6 * nl + 4 * li:6 * nl + 4 * li + 4] for li in range(nl)]
+        n = us[0].shape[-2]
+        mw = (beta ** torch.arange(n - 1, -1, -1, device=g.device, dtype=g.dtype))[:, None]
+        # the reads hand back contiguous weight gradients (memory_mlp.zwt); a caller's strided view is copied once
+        # so that every state-sized op below runs on contiguous memory (strided ones are ~5× slower on CPU)
+        gws, gms = [x.contiguous() for x in grads[:nl]], [x.contiguous() for x in grads[nl:]]
+        # reused scratch for the products behind every ⟨·,·⟩ (one state-sized, one O(n·d) per shape)
+        scratch: dict = {}
+        dot = lambda x, y: _dot(x, y, scratch.setdefault(x.shape, torch.empty_like(x)))  # noqa: E731
+        rowdot = lambda x, y: _rowdot(x, y, scratch.setdefault(x.shape, torch.empty_like(x)))  # noqa: E731
         if f.numel():
             # W' = W + fΔ. Where the clip is active (f = c/‖Δ‖) ∂W'/∂Δ adds −(f/‖Δ‖²) Δ ⟨G_W', Δ⟩, which in terms
             # of the applied write Δ̃ = fΔ = W' − W is −Δ̃ ⟨G_W', Δ̃⟩ / (c ‖Δ‖); where f is clamped to 1, nothing.
-            f3 = f[:, None, None]
-            gds = [gw * f3 for gw in gws]
-            active = norm > ctx.c_clip
             applied = [nw - w for nw, w in zip(new_ws, ws)]
-            coef = torch.where(active, sum(_dot(gw, d) for gw, d in zip(gws, applied)) / (ctx.c_clip * norm),
-                               torch.zeros_like(f))[:, None, None]
-            gds = [gd.addcmul_(coef, d, value=-1.0) for gd, d in zip(gds, applied)]
+            coef = torch.where(norm > c_clip, sum(dot(gw, d) for gw, d in zip(gws, applied)) / (c_clip * norm),
+                               torch.zeros_like(f))[..., None, None]
+            gds = [torch.mul(gw, f[..., None, None]).addcmul_(coef, d, value=-1.0) for gw, d in zip(gws, applied)]
+            del applied
         else:
             gds = gws
         g3 = g[:, None, None]
-        out_w = [torch.addcmul(gw, g3, gd) for gw, gd in zip(gws, gds)]       # ∂/∂W = G_W' + g G_Δ
-        out_m = [gm * ctx.beta_n for gm in gms]                                # ∂/∂m = β^n G_m' (− r G_Δ)
-        grad_r = None
-        if ctx.has_r:
-            out_m = [om.addcmul_(r[:, None, None], gd, value=-1.0) for om, gd in zip(out_m, gds)]
-            grad_r = -sum(_dot(gd, m) for gd, m in zip(gds, ms))
-        grad_g = sum(_dot(gd, w) for gd, w in zip(gds, ws))
-        out_a = [torch.bmm(z, gd.transpose(1, 2)) for z, gd in zip(zs, gds)]   # ∂/∂A = Ẑ G_Δᵀ
-        out_b = [torch.bmm(z, gm.transpose(1, 2)) for z, gm in zip(zs, gms)]   # ∂/∂B = Ẑ G_m'ᵀ
-        out_z = [torch.baddbmm(torch.bmm(a, gd), b, gm) for a, b, gd, gm in zip(as_, bs, gds, gms)]  # A G_Δ + B G_m'
-        return (None, None, None, grad_g, grad_r, *out_w, *out_m, *out_a, *out_b, *out_z)
-
-
-def _chunk_write(ws, ms, written, mom_u, zs, g, r, beta_n: float, c_clip: float):
-    """Apply _ChunkWrite over any leading dims: returns ([W_l'], [m_l'])."""
-    lead = ws[0].shape[:-2]
-    nl = len(ws)
-    flat = [_flat(t, lead) for t in (*ws, *ms, *written, *mom_u, *zs)]
-    gf = g.expand(lead).reshape(-1)
-    rf = r.expand(lead).reshape(-1) if r is not None else None
-    out = _ChunkWrite.apply(c_clip, beta_n, nl, gf, rf, *flat)
-    return ([o.view(w.shape) for o, w in zip(out[:nl], ws)], [o.view(m.shape) for o, m in zip(out[nl:], ms)])
+        out_w = [torch.addcmul(gw, g3, gd) for gw, gd in zip(gws, gds)]       # G_W = G_W' + g G_Δ
+        grad_g = sum(dot(gd, w) for gd, w in zip(gds, ws)).sum(0)
+        grad_r = -sum(dot(gd, m) for gd, m in zip(gds, ms)).sum(0) if mom else None
+        out_m = [None] * nl                                                    # G_m = β^n G_m' − r G_Δ (+ G_(Ẑmᵀ)ᵀ Ẑ)
+        grad = {k: 0 for k in ("c_u", "c_w", "c_m", "p", "q", "e_out", "k_out")}
+        out_u, out_z, out_zw = [], [], []
+        for li in range(nl):
+            w, m, u, z, gd, gm = ws[li], ms[li], us[li], zs[li], gds[li], gms[li]
+            rr, a, gram, zm = keep[li]
+            ze = _full(z, u)
+            g_a = torch.bmm(_f3(ze), _f3(_t(gd))).view(u.shape)               # G_A = Ẑ G_Δᵀ
+            g_z = torch.bmm(_f3(a), _f3(gd))                                   # G_Ẑ = A G_Δ + (β^{n−t}⊙U) G_m'
+            g_z.baddbmm_(_f3(u * mw), _f3(gm))
+            g_z = g_z.view(ze.shape)
+            g_u = torch.bmm(_f3(ze), _f3(_t(gm))).view(u.shape).mul_(mw)       # β^{n−t} ⊙ Ẑ G_m'ᵀ
+            if mom:
+                grad["k_out"] = grad["k_out"] + rowdot(u, g_a)
+                g_u.addcmul_(k_out[..., None], g_a)
+            grad["e_out"] = grad["e_out"] + rowdot(rr, g_a)
+            g_rhs = g_a.mul_(e_out[..., None])                                 # G_R (G_A's buffer is free now)
+            g_zw = None
+            if dgd:
+                g_rhs = torch.linalg.solve_triangular(_t(p * gram), g_rhs, upper=True, unitriangular=True)
+                g_ps = torch.tril(g_rhs @ _t(rr), diagonal=-1).neg_()          # G_(P⊙S), strictly lower
+                grad["p"] = grad["p"] + (g_ps * gram).sum(0)
+                g_gram = g_ps.mul_(p)
+                grad["c_w"] = grad["c_w"] + rowdot(zws[li], g_rhs)
+                g_zw = g_rhs * c_w[..., None]                                  # G_(ẐWᵀ)
+                if mom:
+                    grad["c_m"] = grad["c_m"] + rowdot(zm, g_rhs)
+                    g_zm = g_rhs * c_m[..., None]
+                    _f3(g_z).baddbmm_(_f3(g_zm), _f3(m))
+                    # β^n G_m' + G_(Ẑmᵀ)ᵀ Ẑ in one baddbmm (the scale rides on the matmul's output pass)
+                    out_m[li] = torch.baddbmm(_f3(gm), _f3(_t(g_zm)), _f3(ze), beta=beta ** n).view(gm.shape)
+                    g_qs = g_rhs @ _t(u)                                       # G_(Q⊙S)
+                    _f3(g_u).baddbmm_(_f3(_full(_t(q * gram), u)), _f3(g_rhs))
+                    grad["q"] = grad["q"] + (g_qs * gram).sum(0)
+                    g_gram.addcmul_(g_qs, q)
+                if not ctx.zw_given[li]:                                       # ẐWᵀ was computed here
+                    _f3(g_z).baddbmm_(_f3(g_zw), _f3(w))
+                    _f3(out_w[li]).baddbmm_(_f3(_t(g_zw)), _f3(ze))
+                    g_zw = None
+                g_gram = _sum_to(g_gram, z.shape[0])
+                g_z = _sum_to(g_z, z.shape[0])
+                _f3(g_z).baddbmm_(_f3(g_gram + _t(g_gram)), _f3(z))            # S = ẐẐᵀ is symmetric
+            else:
+                g_z = _sum_to(g_z, z.shape[0])
+            if out_m[li] is None:
+                out_m[li] = gm * beta ** n
+            if mom:
+                out_m[li].addcmul_(r[:, None, None], gd, value=-1.0)
+            grad["c_u"] = grad["c_u"] + rowdot(u, g_rhs)
+            g_u.addcmul_(c_u[..., None], g_rhs)
+            out_u.append(g_u)
+            out_z.append(g_z)
+            out_zw.append(g_zw)
+        gates = [grad[k] if isinstance(grad[k], torch.Tensor) else None
+                 for k in ("c_u", "c_w", "c_m", "p", "q", "e_out", "k_out")]
+        return (None, *gates, grad_g, grad_r, *out_w, *out_m, *out_u, *out_z, *out_zw)
 
 
 def advance_chunk(ws: Sequence[torch.Tensor], ms: Sequence[torch.Tensor],
@@ -128,65 +230,58 @@ def advance_chunk(ws: Sequence[torch.Tensor], ms: Sequence[torch.Tensor],
                   zw: Optional[Sequence[torch.Tensor]] = None) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
     """Same contract as naive.advance_token_loop, computed in closed form (hope_math §3.4, §3.5).
 
-    With a finite c_clip the chunk's write is clipped as well (§2.5, fused into the same op); the default
-    ∞ gives exactly the unclipped W_end of the token loop. zw: Ẑ W_startᵀ per layer when the caller already
-    has it (memory_mlp.boundary_terms), saving one state-sized matmul and its gradient per layer.
+    ws, ms: per layer [G, *batch, d_out, d_in]; factors: per layer (u [G, *batch, n, d_out], ẑ [G or absent,
+    *batch, n, d_in]); eta, log_alpha [*batch, n]. With a finite c_clip the chunk's write is clipped as well
+    (§2.5, fused into the same op); the default ∞ gives exactly the unclipped W_end of the token loop. zw: Ẑ W_startᵀ
+    per layer when the caller already has it (memory_mlp.boundary_terms), saving one state-sized matmul per layer.
     """
     beta, n, dt = cfg.momentum, eta.shape[-1], eta.dtype
     idx = torch.arange(n, device=eta.device)
     strict = idx[:, None] > idx[None, :]          # s < t
     incl = idx[:, None] >= idx[None, :]           # s ≤ t
     neg_inf = float("-inf")
+    use_mom, dgd = beta != 0.0, cfg.dgd
 
+    # ---- gates: functions of η and log α only, [*batch, n] and [*batch, n, n] (autograd) ----
     lam_cum = torch.cumsum(log_alpha, dim=-1)     # Λ_t
     lam_prev = lam_cum - log_alpha                # Λ_{t−1}
-    gamma_end_m1 = torch.expm1(lam_cum[..., -1])  # Γ − 1 = e^{Λ_n} − 1
+    gamma_end_m1 = torch.expm1(lam_cum[..., -1])  # g = Γ − 1 = e^{Λ_n} − 1
     to_end = torch.exp(lam_cum[..., -1:] - lam_cum)  # e^{Λ_n − Λ_t}
-    # E[t, j] = [j ≤ t] η_j e^{Λ_t − Λ_j}
-    e_mat = torch.exp((lam_cum[..., :, None] - lam_cum[..., None, :]).masked_fill(~incl, neg_inf)) * eta[..., None, :]
-
-    use_mom = beta != 0.0
-    beta_t = torch.tensor(beta, dtype=dt, device=eta.device)
+    c_w = c_m = p = q = k_out = rho_n = None
     if use_mom:
+        # E[t, j] = [j ≤ t] η_j e^{Λ_t − Λ_j};  F[j, s] = [s < j] β^{j−s}
+        e_mat = torch.exp((lam_cum[..., :, None] - lam_cum[..., None, :]).masked_fill(~incl, neg_inf)) * eta[..., None, :]
+        beta_t = torch.tensor(beta, dtype=dt, device=eta.device)
         f_mat = torch.where(strict, beta_t ** (idx[:, None] - idx[None, :]).clamp_min(0).to(dt), torch.zeros((), dtype=dt))
         kappa = e_mat @ f_mat                                         # κ_{t,s}
         rho = e_mat @ beta_t ** (idx + 1).to(dt)                      # ρ_t = Σ_{j≤t} e^{Λ_t−Λ_j} η_j β^j
-        rho_prev = torch.cat([torch.zeros_like(rho[..., :1]), rho[..., :-1]], dim=-1)       # ρ_{t−1}
-        kappa_prev = torch.cat([torch.zeros_like(kappa[..., :1, :]), kappa[..., :-1, :]], dim=-2)  # κ_{t−1,s}
-    mom_weights = beta_t ** (n - 1 - idx).to(dt)                      # β^{n−t}
-
-    dgd = cfg.dgd
+        rho_n = rho[..., n - 1]
+        k_out = -kappa[..., n - 1, :]                                 # − κ_{n,t}
     if dgd:
         lam = eta                                                     # λ_t = η_t (§2.5)
-        # e^{Λ_{t−1} − Λ_s} for s < t (a product of α's over s+1..t−1)
-        decay_ts = torch.exp((lam_prev[..., :, None] - lam_cum[..., None, :]).masked_fill(~strict, neg_inf))
-        gamma_prev = torch.exp(lam_prev)                              # γ_{t−1}
-
-    written_all, mom_u_all, zs = [], [], []
-    for i, (w, m, (u, z)) in enumerate(zip(ws, ms, factors)):
-        z = z.expand(*u.shape[:-1], z.shape[-1])                      # Ẑ rows ẑ_tᵀ  [G, B, H, n, d_in]
-        rhs = -eta[..., None] * u                                     # −diag(η) U
-        if dgd:
-            gram = z @ _t(z)                                          # ⟨ẑ_s, ẑ_t⟩
-            phi = lam[..., :, None] * decay_ts * gram                 # Φ (strictly lower)
-            z_w = zw[i] if zw is not None else z @ _t(w)              # Ẑ W_startᵀ
-            rhs = rhs - (lam * gamma_prev)[..., None] * z_w           # − diag(λγ_{t−1}) Ẑ W_startᵀ
-            if use_mom:
-                rhs = rhs + (lam * rho_prev)[..., None] * (z @ _t(m))  # + diag(λρ_{t−1}) Ẑ m_startᵀ
-                rhs = rhs + (lam[..., :, None] * kappa_prev * gram) @ u  # + Ψ U
-            # (I + Φ) R = rhs: unit lower-triangular forward substitution (§3.4)
-            r = torch.linalg.solve_triangular(phi, rhs, upper=False, unitriangular=True)
-        else:
-            r = rhs                                                   # Φ = Ψ = 0: r_t = −η_t u_t
-        written = to_end[..., None] * r                               # diag(e^{Λ_n−Λ_t}) R
+        # P_ts = λ_t e^{Λ_{t−1} − Λ_s} for s < t (a product of α's over s+1..t−1), so Φ = P ⊙ ẐẐᵀ
+        p = lam[..., :, None] * torch.exp((lam_prev[..., :, None] - lam_cum[..., None, :]).masked_fill(~strict, neg_inf))
+        c_w = -lam * torch.exp(lam_prev)                              # − λ_t γ_{t−1}
         if use_mom:
-            written = written - kappa[..., n - 1, :, None] * u        # − diag(κ_{n,t}) U
-        written_all.append(written)
-        mom_u_all.append(mom_weights[:, None] * u)                    # diag(β^{n−t}) U
-        zs.append(z)
-    # W_end = W_start + (Γ − 1) W_start − ρ_n m_start + (…)ᵀ Ẑ;  m_end = β^n m_start + Uᵀ diag(β^{n−t}) Ẑ
-    return _chunk_write(ws, ms, written_all, mom_u_all, zs, gamma_end_m1, rho[..., n - 1] if use_mom else None,
-                        beta ** n, c_clip)
+            rho_prev = torch.cat([torch.zeros_like(rho[..., :1]), rho[..., :-1]], dim=-1)       # ρ_{t−1}
+            kappa_prev = torch.cat([torch.zeros_like(kappa[..., :1, :]), kappa[..., :-1, :]], dim=-2)  # κ_{t−1,s}
+            c_m = lam * rho_prev                                      # + λ_t ρ_{t−1}
+            q = lam[..., :, None] * kappa_prev                        # Ψ = Q ⊙ ẐẐᵀ
+
+    # ---- everything with a d axis: one Function over [G, N = Π batch, …] ----
+    g_mem, batch = ws[0].shape[0], eta.shape[:-1]
+    if tuple(ws[0].shape[1:-2]) != tuple(batch):
+        raise ValueError(f"advance_chunk: weights {tuple(ws[0].shape)} must be [G, *{tuple(batch)}, d_out, d_in] "
+                         "to match eta's batch dims.")
+    nb = eta[..., 0].numel()
+    flat = lambda x: None if x is None else x.reshape(nb, *x.shape[len(batch):])  # noqa: E731  [*batch, …] → [N, …]
+    lead = lambda x: x.reshape(x.shape[0] if x.dim() == len(batch) + 3 else 1, nb, *x.shape[-2:])  # noqa: E731
+    nl = len(ws)
+    tensors = ([lead(w) for w in ws] + [lead(m) for m in ms] + [lead(u) for u, _ in factors]
+               + [lead(z) for _, z in factors] + [lead(t) if t is not None else None for t in (zw or [None] * nl)])
+    out = _ChunkStep.apply((nl, dgd, use_mom, beta, c_clip), flat(-eta), flat(c_w), flat(c_m), flat(p), flat(q),
+                           flat(to_end), flat(k_out), flat(gamma_end_m1), flat(rho_n), *tensors)
+    return [o.view(w.shape) for o, w in zip(out[:nl], ws)], [o.view(m.shape) for o, m in zip(out[nl:], ms)]
 
 
 def wy_factor(z: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -21,14 +21,57 @@ def l2norm(z: torch.Tensor) -> torch.Tensor:
     return z / torch.linalg.vector_norm(z, dim=-1, keepdim=True).clamp_min(EPS)
 
 
-def silu_grad(a: torch.Tensor) -> torch.Tensor:
-    """σ′(a) = s(a)(1 + a(1 − s(a))) (hope_math §1)."""
-    s = torch.sigmoid(a)
-    return s * (1 + a * (1 - s))
+class _SiluGradMul(torch.autograd.Function):
+    """g ⊙ σ′(a) in one fused kernel (aten's silu_backward), differentiable in both g and a.
+
+    σ′(a) = s(1 + a(1 − s)), σ″(a) = s(1 − s)(2 + a(1 − 2s)) with s = sigmoid(a) (hope_math §1). Written out with
+    autograd the product costs six O(n·d) passes and temporaries, and aten's fused kernel has no derivative.
+    """
+
+    @staticmethod
+    def forward(ctx, g, a):
+        ctx.save_for_backward(g, a)
+        return torch.ops.aten.silu_backward(g, a)
+
+    @staticmethod
+    def backward(ctx, grad):
+        g, a = ctx.saved_tensors
+        gg = torch.ops.aten.silu_backward(grad, a) if ctx.needs_input_grad[0] else None
+        ga = None
+        if ctx.needs_input_grad[1]:
+            s = torch.sigmoid(a)
+            ga = grad * g * s * (1 - s) * (2 + a * (1 - 2 * s))              # σ″(a)
+        return gg, ga
 
 
 def _t(w: torch.Tensor) -> torch.Tensor:
     return w.transpose(-1, -2)
+
+
+class _ZWt(torch.autograd.Function):
+    """z Wᵀ with W's gradient produced as Gᵀz directly in W's own [d_out, d_in] layout.
+
+    Autograd of z @ W.mT hands back zᵀG transposed (a strided view); summed with the chunk write's contiguous
+    gradient, every state-sized accumulation would then run strided (~5× slower on CPU). Broadcast leading dims
+    (an input shared by every memory of a group) are summed back.
+    """
+
+    @staticmethod
+    def forward(ctx, z, w):
+        ctx.save_for_backward(z, w)
+        return z @ _t(w)
+
+    @staticmethod
+    def backward(ctx, grad):
+        z, w = ctx.saved_tensors
+        gz = (grad @ w).sum_to_size(z.shape) if ctx.needs_input_grad[0] else None
+        gw = (_t(grad) @ z).sum_to_size(w.shape) if ctx.needs_input_grad[1] else None
+        return gz, gw
+
+
+def zwt(z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """z Wᵀ over broadcast leading dims: z [..., n, d_in], w [..., d_out, d_in] → [..., n, d_out]."""
+    return _ZWt.apply(z, w)
 
 
 def memory_eval(ws: Sequence[torch.Tensor], z: torch.Tensor, branch_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -38,12 +81,12 @@ def memory_eval(ws: Sequence[torch.Tensor], z: torch.Tensor, branch_mask: Option
     """
     if len(ws) == 2:
         w1, w2 = ws
-        branch = F.silu(z @ _t(w2)) @ _t(w1)
+        branch = zwt(F.silu(zwt(z, w2)), w1)
         if branch_mask is not None:
             branch = branch * branch_mask
         return z + branch
     (w,) = ws
-    out = z @ _t(w)
+    out = zwt(z, w)
     return out * branch_mask if branch_mask is not None else out
 
 
@@ -51,11 +94,11 @@ def _mlp(ws: Sequence[torch.Tensor], z: torch.Tensor):
     """(a, h, b, M(z)): a = W₂z, h = σ(a), b = W₁h, M(z) = z + b (Eq 89); a linear memory gives (None, None, Wz, Wz)."""
     if len(ws) == 2:
         w1, w2 = ws
-        a = z @ _t(w2)
+        a = zwt(z, w2)
         h = F.silu(a)
-        b = h @ _t(w1)
+        b = zwt(h, w1)
         return a, h, b, z + b
-    out = z @ _t(ws[0])
+    out = zwt(z, ws[0])
     return None, None, out, out
 
 
@@ -66,7 +109,7 @@ def _factors(ws, k, a, h, m_k, v_hat):
     k_hat = k / nk
     e = 2 * (m_k - v_hat)                                 # e_t = 2(M(k_t) − v̂_t)
     if len(ws) == 2:
-        delta = (e @ ws[0]) * silu_grad(a)                # δ_t = (W₁ᵀ e_t) ⊙ σ′(a_t)
+        delta = _SiluGradMul.apply(e @ ws[0], a)          # δ_t = (W₁ᵀ e_t) ⊙ σ′(a_t)
         nh = torch.linalg.vector_norm(h, dim=-1, keepdim=True).clamp_min(EPS)
         return [(nh * e, h / nh), (nk * delta, k_hat)], (nh, nk)   # (u₁, ĥ), (u₂, k̂)
     return [(nk * e, k_hat)], (nk,)

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from hope_megatron.ops import TitansOpConfig, causal_conv1d
-from hope_megatron.ops.chunked import _ChunkWrite, advance_chunk, wy_factor
-from hope_megatron.ops.memory_mlp import apply_clipped_delta, boundary_terms, l2norm, memory_eval
+from hope_megatron.ops.chunked import _ChunkStep, advance_chunk, wy_factor
+from hope_megatron.ops.memory_mlp import _SiluGradMul, _ZWt, apply_clipped_delta, boundary_terms, l2norm, memory_eval
 from hope_megatron.ops.naive import advance_token_loop
 
 F64 = torch.float64
@@ -34,6 +34,23 @@ def test_closed_form_inner_gradient_matches_autograd(depth, r):
             assert err(closed, gw) <= 1e-12
     for (_, z), w, z_w in zip(factors, ws, zw):  # the DGD term ẑ Wᵀ handed to the advance (§3.4)
         assert err(z_w, z @ w.detach().transpose(-1, -2)) <= 1e-12
+
+
+def test_fused_silu_derivative_and_zwt_gradients():
+    """The two small autograd Functions under boundary_terms: g ⊙ σ′(a) equals the formula of hope_math §1 and
+    gradchecks in g and a (so σ″ is right); z Wᵀ gradchecks with z shared across the memory axis, and W's gradient
+    comes back contiguous (the point of the Function)."""
+    g = torch.Generator().manual_seed(4)
+    x, a = torch.randn(2, 3, 4, generator=g, dtype=F64), 3 * torch.randn(2, 3, 4, generator=g, dtype=F64)
+    s = torch.sigmoid(a)
+    assert err(_SiluGradMul.apply(x, a), x * s * (1 + a * (1 - s))) <= 1e-15
+    assert torch.autograd.gradcheck(_SiluGradMul.apply, (x.requires_grad_(True), a.requires_grad_(True)))
+    z = torch.randn(2, 5, 3, generator=g, dtype=F64, requires_grad=True)       # shared by the 4 "memories"
+    w = torch.randn(4, 2, 6, 3, generator=g, dtype=F64, requires_grad=True)
+    assert err(_ZWt.apply(z, w), z @ w.mT) <= 1e-15
+    assert torch.autograd.gradcheck(_ZWt.apply, (z, w))
+    _ZWt.apply(z, w).sum().backward()
+    assert w.grad.is_contiguous() and w.grad.shape == w.shape and z.grad.shape == z.shape
 
 
 def test_wy_factor_equals_explicit_product():
@@ -123,33 +140,61 @@ def test_clip_bounds_the_chunk_delta_and_is_identity_when_inactive():
     assert all(torch.equal(u, s + d) for u, s, d in zip(unclipped, start, deltas))
 
 
-@pytest.mark.parametrize("layers,momentum", [(2, True), (1, False)])
-def test_fused_chunk_write_forward_and_full_gradcheck(layers, momentum):
-    """_ChunkWrite (the fused state-sized step with its own backward) equals the unfused formula, clip active on
-    some heads and not others, and passes a dense fp64 gradcheck of every input."""
+def _step_reference(spec, c_u, c_w, c_m, p, q, e_out, k_out, g, r, *tensors):
+    """_ChunkStep's forward written out plainly (its docstring's formulas), differentiable by autograd."""
+    nl, dgd, mom, beta, c = spec
+    ws, ms, us, zs, zws = (tensors[i * nl:(i + 1) * nl] for i in range(5))
+    n = us[0].shape[-2]
+    mw = beta ** torch.arange(n - 1, -1, -1, dtype=F64)
+    deltas, new_ms = [], []
+    for w, m, u, z, zw in zip(ws, ms, us, zs, zws):
+        rhs = c_u[..., None] * u
+        if dgd:
+            s = z @ z.mT
+            rhs = rhs + c_w[..., None] * (z @ w.mT if zw is None else zw)
+            if mom:
+                rhs = rhs + c_m[..., None] * (z @ m.mT) + (q * s) @ u
+            eye = torch.eye(n, dtype=F64)
+            rr = torch.linalg.solve(eye + p * s, rhs)
+        else:
+            rr = rhs
+        a = e_out[..., None] * rr + (k_out[..., None] * u if mom else 0)
+        deltas.append(a.mT @ z + g[:, None, None] * w - (r[:, None, None] * m if mom else 0))
+        new_ms.append(beta ** n * m + (mw[:, None] * u).mT @ z)
+    norm = torch.sqrt(sum(d.square().sum((-2, -1)) for d in deltas))
+    f = (c / norm).clamp(max=1.0)[..., None, None]
+    return (*[w + f * d for w, d in zip(ws, deltas)], *new_ms), norm
+
+
+@pytest.mark.parametrize("layers,dgd,momentum,shared_z,zw_given", [
+    (2, True, True, False, True), (2, True, True, True, False), (1, True, False, True, True),
+    (1, False, True, False, False), (2, False, False, True, False)])
+def test_chunk_step_forward_and_full_gradcheck(layers, dgd, momentum, shared_z, zw_given):
+    """_ChunkStep (the chunk's d-sized algebra and state write with its own backward) equals its formulas written
+    plainly, with the clip active on some heads and not others, and passes a dense fp64 gradcheck of every input
+    (gates included); Ẑ shared by all memories (k̂) and ẐWᵀ computed inside are both covered."""
     g = torch.Generator().manual_seed(11)
-    N, n, do, di = 4, 3, 3, 2
+    G, N, n, do, di = 2, 3, 3, 3, 2
     rnd = lambda *s: torch.randn(*s, generator=g, dtype=F64)  # noqa: E731
-    ws, ms = [rnd(N, do, di) for _ in range(layers)], [rnd(N, do, di) for _ in range(layers)]
-    as_, bs, zs = ([rnd(N, n, do) for _ in range(layers)], [rnd(N, n, do) for _ in range(layers)],
-                   [rnd(N, n, di) for _ in range(layers)])
-    gate, rho = 0.1 * rnd(N), (0.5 * rnd(N) if momentum else None)
-    deltas = [gate[:, None, None] * w + a.transpose(1, 2) @ z - (rho[:, None, None] * m if momentum else 0)
-              for w, m, a, z in zip(ws, ms, as_, zs)]
-    norms = torch.sqrt(sum(d.square().sum((1, 2)) for d in deltas))
-    c = norms.sort().values[1:3].mean().item()  # between two heads' norms: away from the clip's kink
-    f = (c / norms).clamp(max=1.0)[:, None, None]
-    out = _ChunkWrite.apply(c, 0.7, layers, gate, rho, *ws, *ms, *as_, *bs, *zs)
-    for o, w, d in zip(out[:layers], ws, deltas):
-        assert err(o, w + f * d) <= 1e-14
-    for o, m, b, z in zip(out[layers:], ms, bs, zs):
-        assert err(o, 0.7 * m + b.transpose(1, 2) @ z) <= 1e-14
-    assert 0 < int((norms > c).sum()) < N  # both branches of the clip are exercised
-    tensors = [t.requires_grad_(True) for t in (*ws, *ms, *as_, *bs, *zs)]
-    for clip in (c, float("inf")):
-        assert torch.autograd.gradcheck(
-            lambda gt, rt, *ts: _ChunkWrite.apply(clip, 0.7, layers, gt, rt, *ts),
-            (gate.requires_grad_(True), rho.requires_grad_(True) if momentum else None, *tensors), eps=1e-6, atol=1e-8)
+    ws, ms = [rnd(G, N, do, di) for _ in range(layers)], [rnd(G, N, do, di) for _ in range(layers)]
+    us, zs = [rnd(G, N, n, do) for _ in range(layers)], [rnd(1 if shared_z else G, N, n, di) for _ in range(layers)]
+    zws = [(z @ w.mT).clone() if zw_given else None for z, w in zip(zs, ws)]
+    low = lambda: 0.3 * torch.tril(rnd(N, n, n), diagonal=-1)  # noqa: E731
+    gates = [-0.5 * rnd(N, n).abs(), 0.3 * rnd(N, n) if dgd else None, 0.3 * rnd(N, n) if dgd and momentum else None,
+             low() if dgd else None, low() if dgd and momentum else None, rnd(N, n).abs(),
+             0.3 * rnd(N, n) if momentum else None, 0.1 * rnd(N), 0.5 * rnd(N) if momentum else None]
+    spec_inf = (layers, dgd, momentum, 0.7, float("inf"))
+    ref, norms = _step_reference(spec_inf, *gates, *ws, *ms, *us, *zs, *zws)
+    c = norms.flatten().sort().values[2:4].mean().item()  # between two heads' norms: away from the clip's kink
+    spec = (layers, dgd, momentum, 0.7, c)
+    ref, _ = _step_reference(spec, *gates, *ws, *ms, *us, *zs, *zws)
+    out = _ChunkStep.apply(spec, *gates, *ws, *ms, *us, *zs, *zws)
+    for o, e in zip(out, ref):
+        assert err(o, e) <= 1e-13
+    assert 0 < int((norms > c).sum()) < norms.numel()  # both branches of the clip are exercised
+    inputs = [t.requires_grad_(True) if t is not None else None for t in (*gates, *ws, *ms, *us, *zs, *zws)]
+    for sp in (spec, spec_inf):
+        assert torch.autograd.gradcheck(lambda *ts: _ChunkStep.apply(sp, *ts), inputs, eps=1e-6, atol=1e-8)
 
 
 def test_causal_conv_matches_definition_and_streams():
