@@ -149,8 +149,14 @@ class _ChunkStep(torch.autograd.Function):
         gws, gms = [x.contiguous() for x in grads[:nl]], [x.contiguous() for x in grads[nl:]]
         # reused scratch for the products behind every ⟨·,·⟩ (one state-sized, one O(n·d) per shape)
         scratch: dict = {}
-        dot = lambda x, y: _dot(x, y, scratch.setdefault(x.shape, torch.empty_like(x)))  # noqa: E731
-        rowdot = lambda x, y: _rowdot(x, y, scratch.setdefault(x.shape, torch.empty_like(x)))  # noqa: E731
+
+        def buf(x):
+            if x.shape not in scratch:
+                scratch[x.shape] = torch.empty_like(x)
+            return scratch[x.shape]
+
+        dot = lambda x, y: _dot(x, y, buf(x))  # noqa: E731
+        rowdot = lambda x, y: _rowdot(x, y, buf(x))  # noqa: E731
         if f.numel():
             # W' = W + fΔ. Where the clip is active (f = c/‖Δ‖) ∂W'/∂Δ adds −(f/‖Δ‖²) Δ ⟨G_W', Δ⟩, which in terms
             # of the applied write Δ̃ = fΔ = W' − W is −Δ̃ ⟨G_W', Δ̃⟩ / (c ‖Δ‖); where f is clamped to 1, nothing.
@@ -269,7 +275,7 @@ def advance_chunk(ws: Sequence[torch.Tensor], ms: Sequence[torch.Tensor],
             q = lam[..., :, None] * kappa_prev                        # Ψ = Q ⊙ ẐẐᵀ
 
     # ---- everything with a d axis: one Function over [G, N = Π batch, …] ----
-    g_mem, batch = ws[0].shape[0], eta.shape[:-1]
+    batch = eta.shape[:-1]
     if tuple(ws[0].shape[1:-2]) != tuple(batch):
         raise ValueError(f"advance_chunk: weights {tuple(ws[0].shape)} must be [G, *{tuple(batch)}, d_out, d_in] "
                          "to match eta's batch dims.")
