@@ -57,6 +57,20 @@ def _full(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return x if x.shape[0] == like.shape[0] else x.expand(like.shape[0], *x.shape[1:]).contiguous()
 
 
+def _mom_weights(beta: float, n: int, like: torch.Tensor) -> torch.Tensor:
+    """β^{n−t} for the chunk's tokens t = 1..n, as a column [n, 1] in like's dtype (§3.5)."""
+    return (beta ** torch.arange(n - 1, -1, -1, device=like.device, dtype=like.dtype))[:, None]
+
+
+def _written_rows(rr, u, e_out, k_out):
+    """A = diag(e^{Λ_n−Λ_t}) R − diag(κ_{n,t}) U (k_out = −κ_{n,t}; None without momentum): the rows written to W."""
+    a = rr * e_out[..., None]
+    return a.addcmul_(k_out[..., None], u) if k_out is not None else a
+
+
+_GATES = ("c_u", "c_w", "c_m", "p", "q", "e_out", "k_out")
+
+
 def _sum_to(x: torch.Tensor, lead: int) -> torch.Tensor:
     """Reduce the memory axis of x [G, …] to `lead` (1 for an input shared by all memories, e.g. k̂)."""
     return x.sum(0, keepdim=True) if lead == 1 and x.shape[0] != 1 else x
@@ -85,7 +99,8 @@ class _ChunkStep(torch.autograd.Function):
       G_(Ẑmᵀ) = c_m⊙G_rhs → G_Ẑ += G_(Ẑmᵀ) m, G_m += G_(Ẑmᵀ)ᵀ Ẑ
       G_S = P⊙G_(P⊙S) + Q⊙G_(Q⊙S) → G_Ẑ += (G_S + G_Sᵀ) Ẑ;  G_P = Σ_G S⊙G_(P⊙S), G_Q = Σ_G S⊙G_(Q⊙S)
       each row gate's gradient is Σ over memories and the row of (its factor ⊙ the gradient it scales).
-    Saved: W, m and W' (alive anyway as boundary states) and O(n·d) factors per layer; nothing else state-sized.
+    Saved: W, m and W' (alive anyway as boundary states) and O(n·d) factors per layer (U, Ẑ, ẐWᵀ, R, Ẑmᵀ; A is
+    rebuilt from R); nothing else state-sized.
     The backward needs the applied write fΔ only where the clip is active, and takes it as W' − W.
     """
 
@@ -94,7 +109,7 @@ class _ChunkStep(torch.autograd.Function):
         nl, dgd, mom, beta, c_clip = spec
         ws, ms, us, zs, zws = (list(tensors[i * nl:(i + 1) * nl]) for i in range(5))
         n = us[0].shape[-2]
-        mw = (beta ** torch.arange(n - 1, -1, -1, device=g.device, dtype=g.dtype))[:, None]   # β^{n−t}
+        mw = _mom_weights(beta, n, g)                                         # β^{n−t}
         g3 = g[:, None, None]
         r3 = r[:, None, None] if mom else None
         keep, deltas, new_ms = [], [], []
@@ -114,16 +129,14 @@ class _ChunkStep(torch.autograd.Function):
                 rr = torch.linalg.solve_triangular(p * gram, rhs, upper=False, unitriangular=True)  # (I + Φ) R = rhs
             else:
                 rr = rhs                                                      # Φ = Ψ = 0: r_t = −η_t u_t
-            a = rr * e_out[..., None]                                         # diag(e^{Λ_n−Λ_t}) R
-            if mom:
-                a.addcmul_(k_out[..., None], u)                               # − diag(κ_{n,t}) U
+            a = _written_rows(rr, u, e_out, k_out if mom else None)
             d = torch.bmm(_f3(_t(a)), _f3(ze)).view(w.shape).addcmul_(g3, w)  # AᵀẐ + (Γ − 1) W
             if mom:
                 d.addcmul_(r3, m, value=-1.0)                                 # − ρ_n m
             deltas.append(d)
             # m' = β^n m + Uᵀ diag(β^{n−t}) Ẑ, the scale of m riding on the matmul's output pass
             new_ms.append(torch.baddbmm(_f3(m), _f3(_t(u * mw)), _f3(ze), beta=beta ** n).view(m.shape))
-            keep.append((rr, a, gram, zm))
+            keep.append((rr, gram, zm))                                       # A is rebuilt from R in the backward
         f, norm = clip_scale(deltas, c_clip) if c_clip != float("inf") else (None, None)   # f ≡ 1 when inactive
         # W' = W + f ΔW, written over ΔW's buffer (no further state-sized allocation)
         new_ws = [torch.addcmul(w, f[..., None, None], d, out=d) if f is not None else d.add_(w)
@@ -141,9 +154,9 @@ class _ChunkStep(torch.autograd.Function):
         nl, dgd, mom, beta, c_clip = ctx.spec
         c_u, c_w, c_m, p, q, e_out, k_out, g, r, f, norm, *rest = ctx.saved_tensors
         ws, ms, new_ws, us, zs, zws = (rest[i * nl:(i + 1) * nl] for i in range(6))
-        keep = [rest[6 * nl + 4 * li:6 * nl + 4 * li + 4] for li in range(nl)]
+        keep = [rest[6 * nl + 3 * li:6 * nl + 3 * li + 3] for li in range(nl)]
         n = us[0].shape[-2]
-        mw = (beta ** torch.arange(n - 1, -1, -1, device=g.device, dtype=g.dtype))[:, None]
+        mw = _mom_weights(beta, n, g)
         # the reads hand back contiguous weight gradients (memory_mlp.zwt); a caller's strided view is copied once
         # so that every state-sized op below runs on contiguous memory (strided ones are ~5× slower on CPU)
         gws, gms = [x.contiguous() for x in grads[:nl]], [x.contiguous() for x in grads[nl:]]
@@ -172,11 +185,12 @@ class _ChunkStep(torch.autograd.Function):
         grad_g = sum(dot(gd, w) for gd, w in zip(gds, ws)).sum(0)
         grad_r = -sum(dot(gd, m) for gd, m in zip(gds, ms)).sum(0) if mom else None
         out_m = [None] * nl                                                    # G_m = β^n G_m' − r G_Δ (+ G_(Ẑmᵀ)ᵀ Ẑ)
-        grad = {k: 0 for k in ("c_u", "c_w", "c_m", "p", "q", "e_out", "k_out")}
+        grad = {k: 0 for k in _GATES}
         out_u, out_z, out_zw = [], [], []
         for li in range(nl):
             w, m, u, z, gd, gm = ws[li], ms[li], us[li], zs[li], gds[li], gms[li]
-            rr, a, gram, zm = keep[li]
+            rr, gram, zm = keep[li]
+            a = _written_rows(rr, u, e_out, k_out if mom else None)
             ze = _full(z, u)
             g_a = torch.bmm(_f3(ze), _f3(_t(gd))).view(u.shape)               # G_A = Ẑ G_Δᵀ
             g_z = torch.bmm(_f3(a), _f3(gd))                                   # G_Ẑ = A G_Δ + (β^{n−t}⊙U) G_m'
@@ -224,8 +238,7 @@ class _ChunkStep(torch.autograd.Function):
             out_u.append(g_u)
             out_z.append(g_z)
             out_zw.append(g_zw)
-        gates = [grad[k] if isinstance(grad[k], torch.Tensor) else None
-                 for k in ("c_u", "c_w", "c_m", "p", "q", "e_out", "k_out")]
+        gates = [grad[k] if isinstance(grad[k], torch.Tensor) else None for k in _GATES]
         return (None, *gates, grad_g, grad_r, *out_w, *out_m, *out_u, *out_z, *out_zw)
 
 
