@@ -12,8 +12,9 @@ Replaces naive.advance_token_loop with closed-form matrix algebra over the whole
   m_end = β^n m_start + Uᵀ diag(β^{n−t}) Ẑ
 
 Row r_t of R is the value actually written at token t (r_t = −λ_t W_{t−1}ẑ_t − η_t u_t). With DGD off, Φ = Ψ = 0
-and no solve is needed. The triangular solve, Λ and all gate ratios run in the state dtype (fp32, or fp64 when
-the inputs are fp64; §3.7).
+and no solve is needed. The unit-triangular system is solved with its inverse (I + Φ)⁻¹, a finite product of
+log₂ n batched matmuls (_unit_lower_inverse), which the backward reuses. The inverse, Λ and all gate ratios run in
+the state dtype (fp32, or fp64 when the inputs are fp64; §3.7).
 
 Split of the work: the gates (everything built from η and log α alone: [B, H, n] vectors and [B, H, n, n]
 matrices) are computed with autograd in advance_chunk; everything with a d-sized axis (Gram matrices, the solve,
@@ -71,6 +72,27 @@ def _written_rows(rr, u, e_out, k_out):
 _GATES = ("c_u", "c_w", "c_m", "p", "q", "e_out", "k_out")
 
 
+def _unit_lower_inverse(low: torch.Tensor) -> torch.Tensor:
+    """(I + L)⁻¹ for L = the strictly lower part of `low` [..., n, n] (like a unit-triangular solve, the diagonal
+    and upper part are never read).
+
+    L is nilpotent (Lⁿ = 0), so (I + L)⁻¹ = Σ_{k<n} (−L)^k = (I − L)(I + L²)(I + L⁴)⋯(I + L^{2^j}) with 2^{j+1} ≥ n:
+    2·⌈log₂ n⌉ − 2 batched n×n matmuls. For the chunk's 16×16 systems this measured ~3× faster than a batched
+    triangular solve on CPU (MKL solves matrix by matrix), and the backward applies the same inverse transposed
+    with one matmul instead of a second solve. Products of strictly lower matrices stay exactly zero on and above
+    the diagonal, so the result is exactly unit lower triangular.
+    """
+    n = low.shape[-1]
+    lf = torch.tril(low.reshape(-1, n, n), diagonal=-1)
+    inv = torch.eye(n, dtype=low.dtype, device=low.device) - lf        # Σ_{k<2} (−L)^k
+    power, covered = lf, 2
+    while covered < n:
+        power = torch.bmm(power, power)                                  # L^{covered}
+        inv = torch.baddbmm(inv, inv, power)                             # · (I + L^{covered}): Σ_{k<2·covered}
+        covered *= 2
+    return inv.view(low.shape)
+
+
 def _sum_to(x: torch.Tensor, lead: int) -> torch.Tensor:
     """Reduce the memory axis of x [G, …] to `lead` (1 for an input shared by all memories, e.g. k̂)."""
     return x.sum(0, keepdim=True) if lead == 1 and x.shape[0] != 1 else x
@@ -86,7 +108,7 @@ class _ChunkStep(torch.autograd.Function):
     e_out = e^{Λ_n−Λ_t}, k_out = −κ_{n,t} ([N, n]); P = λ_t e^{Λ_{t−1}−Λ_s}, Q = λ_t κ_{t−1,s} ([N, n, n], strictly
     lower); g = Γ − 1, r = ρ_n ([N]). Forward, per layer (the clip couples the layers of one memory):
 
-      S = ẐẐᵀ,  (I + P⊙S) R = c_u⊙U + c_w⊙ẐWᵀ + c_m⊙Ẑmᵀ + (Q⊙S) U        (written rows, one triangular solve)
+      S = ẐẐᵀ,  (I + P⊙S) R = c_u⊙U + c_w⊙ẐWᵀ + c_m⊙Ẑmᵀ + (Q⊙S) U        (written rows; R = (I + P⊙S)⁻¹ rhs)
       A = e_out⊙R + k_out⊙U,  Δ = AᵀẐ + gW − r m,  W' = W + fΔ,  f = min(1, c/‖(Δ₁, Δ₂)‖_F)
       m' = β^n m + (β^{n−t}⊙U)ᵀ Ẑ
 
@@ -94,14 +116,16 @@ class _ChunkStep(torch.autograd.Function):
       G_Δ = f G_W' − [clip active] Δ̃ ⟨G_W', Δ̃⟩ / (c‖Δ‖) with Δ̃ = W' − W;  G_W = G_W' + g G_Δ (+ terms below),
       G_m = β^n G_m' − r G_Δ,  G_g = Σ⟨G_Δ, W⟩,  G_r = −Σ⟨G_Δ, m⟩
       G_A = Ẑ G_Δᵀ,  G_Ẑ = A G_Δ + (β^{n−t}⊙U) G_m',  G_U = β^{n−t}⊙Ẑ G_m'ᵀ + k_out⊙G_A,  G_R = e_out⊙G_A
-      G_rhs = (I + P⊙S)⁻ᵀ G_R  (transposed unit-triangular solve),  G_(P⊙S) = −tril₋₁(G_rhs Rᵀ)
+      G_rhs = (I + P⊙S)⁻ᵀ G_R  (the forward's inverse, transposed),  G_(P⊙S) = −tril₋₁(G_rhs Rᵀ)
       G_U += c_u⊙G_rhs + (Q⊙S)ᵀ G_rhs,  G_(Q⊙S) = G_rhs Uᵀ,  G_ẐWᵀ = c_w⊙G_rhs,
       G_(Ẑmᵀ) = c_m⊙G_rhs → G_Ẑ += G_(Ẑmᵀ) m, G_m += G_(Ẑmᵀ)ᵀ Ẑ
       G_S = P⊙G_(P⊙S) + Q⊙G_(Q⊙S) → G_Ẑ += (G_S + G_Sᵀ) Ẑ;  G_P = Σ_G S⊙G_(P⊙S), G_Q = Σ_G S⊙G_(Q⊙S)
       each row gate's gradient is Σ over memories and the row of (its factor ⊙ the gradient it scales).
     Saved: W, m and W' (alive anyway as boundary states) and O(n·d) factors per layer (U, Ẑ, ẐWᵀ, R, Ẑmᵀ; A is
-    rebuilt from R); nothing else state-sized.
-    The backward needs the applied write fΔ only where the clip is active, and takes it as W' − W.
+    rebuilt from R) with the n×n S and (I + P⊙S)⁻¹; nothing else state-sized.
+    The backward needs the applied write fΔ only where the clip is active, and takes it as W' − W. With the clip on,
+    the two state-sized temporaries it allocates per layer (W' − W and G_Δ) are reused as the buffers of the
+    returned G_W and G_m, so a chunk's backward allocates two state-sized tensors per layer, not four.
     """
 
     @staticmethod
@@ -116,17 +140,19 @@ class _ChunkStep(torch.autograd.Function):
         for li, (w, m, u, z) in enumerate(zip(ws, ms, us, zs)):
             ze = _full(z, u)                                                  # Ẑ per memory (one copy if shared)
             rhs = u * c_u[..., None]                                          # −diag(η) U
-            gram = zm = None
+            gram = zm = inv = None
             if dgd:
                 gram = z @ _t(z)                                              # S = ẐẐᵀ (once if shared)
+                # state-sized products as bmm over [G·N] views: matmul on the 4-d transposed W copied it first
                 if zws[li] is None:
-                    zws[li] = ze @ _t(w)                                      # Ẑ W_startᵀ
+                    zws[li] = torch.bmm(_f3(ze), _f3(_t(w))).view(u.shape)    # Ẑ W_startᵀ
                 rhs.addcmul_(c_w[..., None], zws[li])                         # − diag(λγ_{t−1}) Ẑ W_startᵀ
                 if mom:
-                    zm = ze @ _t(m)
+                    zm = torch.bmm(_f3(ze), _f3(_t(m))).view(u.shape)
                     rhs.addcmul_(c_m[..., None], zm)                          # + diag(λρ_{t−1}) Ẑ m_startᵀ
                     _f3(rhs).baddbmm_(_f3(_full(q * gram, u)), _f3(u))        # + Ψ U
-                rr = torch.linalg.solve_triangular(p * gram, rhs, upper=False, unitriangular=True)  # (I + Φ) R = rhs
+                inv = _full(_unit_lower_inverse(p * gram), u)                 # (I + Φ)⁻¹ (once if Ẑ is shared)
+                rr = torch.bmm(_f3(inv), _f3(rhs)).view(u.shape)              # R = (I + Φ)⁻¹ rhs
             else:
                 rr = rhs                                                      # Φ = Ψ = 0: r_t = −η_t u_t
             a = _written_rows(rr, u, e_out, k_out if mom else None)
@@ -136,7 +162,7 @@ class _ChunkStep(torch.autograd.Function):
             deltas.append(d)
             # m' = β^n m + Uᵀ diag(β^{n−t}) Ẑ, the scale of m riding on the matmul's output pass
             new_ms.append(torch.baddbmm(_f3(m), _f3(_t(u * mw)), _f3(ze), beta=beta ** n).view(m.shape))
-            keep.append((rr, gram, zm))                                       # A is rebuilt from R in the backward
+            keep.append((rr, gram, zm, inv))                                  # A is rebuilt from R in the backward
         f, norm = clip_scale(deltas, c_clip) if c_clip != float("inf") else (None, None)   # f ≡ 1 when inactive
         # W' = W + f ΔW, written over ΔW's buffer (no further state-sized allocation)
         new_ws = [torch.addcmul(w, f[..., None, None], d, out=d) if f is not None else d.add_(w)
@@ -154,7 +180,7 @@ class _ChunkStep(torch.autograd.Function):
         nl, dgd, mom, beta, c_clip = ctx.spec
         c_u, c_w, c_m, p, q, e_out, k_out, g, r, f, norm, *rest = ctx.saved_tensors
         ws, ms, new_ws, us, zs, zws = (rest[i * nl:(i + 1) * nl] for i in range(6))
-        keep = [rest[6 * nl + 3 * li:6 * nl + 3 * li + 3] for li in range(nl)]
+        keep = [rest[6 * nl + 4 * li:6 * nl + 4 * li + 4] for li in range(nl)]
         n = us[0].shape[-2]
         mw = _mom_weights(beta, n, g)
         # the reads hand back contiguous weight gradients (memory_mlp.zwt); a caller's strided view is copied once
@@ -177,19 +203,21 @@ class _ChunkStep(torch.autograd.Function):
             coef = torch.where(norm > c_clip, sum(dot(gw, d) for gw, d in zip(gws, applied)) / (c_clip * norm),
                                torch.zeros_like(f))[..., None, None]
             gds = [torch.mul(gw, f[..., None, None]).addcmul_(coef, d, value=-1.0) for gw, d in zip(gws, applied)]
-            del applied
+            spare, own = applied, True              # W' − W is dead from here: it becomes G_W; G_Δ becomes G_m
         else:
-            gds = gws
+            gds, spare, own = gws, [None] * nl, False                          # G_Δ = G_W' is the caller's buffer
         g3 = g[:, None, None]
-        out_w = [torch.addcmul(gw, g3, gd) for gw, gd in zip(gws, gds)]       # G_W = G_W' + g G_Δ
+        out_w = [torch.addcmul(gw, g3, gd, out=sp) if sp is not None else torch.addcmul(gw, g3, gd)
+                 for gw, gd, sp in zip(gws, gds, spare)]                       # G_W = G_W' + g G_Δ
+        del spare
         grad_g = sum(dot(gd, w) for gd, w in zip(gds, ws)).sum(0)
         grad_r = -sum(dot(gd, m) for gd, m in zip(gds, ms)).sum(0) if mom else None
-        out_m = [None] * nl                                                    # G_m = β^n G_m' − r G_Δ (+ G_(Ẑmᵀ)ᵀ Ẑ)
+        out_m = []
         grad = {k: 0 for k in _GATES}
         out_u, out_z, out_zw = [], [], []
         for li in range(nl):
             w, m, u, z, gd, gm = ws[li], ms[li], us[li], zs[li], gds[li], gms[li]
-            rr, gram, zm = keep[li]
+            rr, gram, zm, inv = keep[li]
             a = _written_rows(rr, u, e_out, k_out if mom else None)
             ze = _full(z, u)
             g_a = torch.bmm(_f3(ze), _f3(_t(gd))).view(u.shape)               # G_A = Ẑ G_Δᵀ
@@ -204,8 +232,8 @@ class _ChunkStep(torch.autograd.Function):
             g_rhs = g_a.mul_(e_out[..., None])                                 # G_R (G_A's buffer is free now)
             g_zw = None
             if dgd:
-                g_rhs = torch.linalg.solve_triangular(_t(p * gram), g_rhs, upper=True, unitriangular=True)
-                g_ps = torch.tril(g_rhs @ _t(rr), diagonal=-1).neg_()          # G_(P⊙S), strictly lower
+                g_rhs = torch.bmm(_f3(_t(inv)), _f3(g_rhs)).view(u.shape)     # (I + Φ)⁻ᵀ G_R
+                g_ps = torch.bmm(_f3(g_rhs), _f3(_t(rr))).view(inv.shape).tril_(-1).neg_()  # G_(P⊙S), strictly lower
                 grad["p"] = grad["p"] + (g_ps * gram).sum(0)
                 g_gram = g_ps.mul_(p)
                 grad["c_w"] = grad["c_w"] + rowdot(zws[li], g_rhs)
@@ -214,9 +242,7 @@ class _ChunkStep(torch.autograd.Function):
                     grad["c_m"] = grad["c_m"] + rowdot(zm, g_rhs)
                     g_zm = g_rhs * c_m[..., None]
                     _f3(g_z).baddbmm_(_f3(g_zm), _f3(m))
-                    # β^n G_m' + G_(Ẑmᵀ)ᵀ Ẑ in one baddbmm (the scale rides on the matmul's output pass)
-                    out_m[li] = torch.baddbmm(_f3(gm), _f3(_t(g_zm)), _f3(ze), beta=beta ** n).view(gm.shape)
-                    g_qs = g_rhs @ _t(u)                                       # G_(Q⊙S)
+                    g_qs = torch.bmm(_f3(g_rhs), _f3(_t(u))).view(inv.shape)  # G_(Q⊙S)
                     _f3(g_u).baddbmm_(_f3(_full(_t(q * gram), u)), _f3(g_rhs))
                     grad["q"] = grad["q"] + (g_qs * gram).sum(0)
                     g_gram.addcmul_(g_qs, q)
@@ -229,10 +255,15 @@ class _ChunkStep(torch.autograd.Function):
                 _f3(g_z).baddbmm_(_f3(g_gram + _t(g_gram)), _f3(z))            # S = ẐẐᵀ is symmetric
             else:
                 g_z = _sum_to(g_z, z.shape[0])
-            if out_m[li] is None:
-                out_m[li] = gm * beta ** n
+            # G_m = β^n G_m' − r G_Δ (+ G_(Ẑmᵀ)ᵀ Ẑ), in G_Δ's buffer when it is ours (its last use was above)
+            om = gd if own else torch.empty_like(gd)
             if mom:
-                out_m[li].addcmul_(r[:, None, None], gd, value=-1.0)
+                torch.mul(gd, -r[:, None, None], out=om).add_(gm, alpha=beta ** n)
+                if dgd:
+                    _f3(om).baddbmm_(_f3(_t(g_zm)), _f3(ze))
+            else:
+                torch.mul(gm, beta ** n, out=om)
+            out_m.append(om)
             grad["c_u"] = grad["c_u"] + rowdot(u, g_rhs)
             g_u.addcmul_(c_u[..., None], g_rhs)
             out_u.append(g_u)
