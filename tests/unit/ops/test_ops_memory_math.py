@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from hope_megatron.ops import TitansOpConfig, causal_conv1d
-from hope_megatron.ops.chunked import _ChunkStep, advance_chunk, wy_factor
+from hope_megatron.ops.chunked import _ChunkStep, _unit_lower_inverse, advance_chunk, wy_factor
 from hope_megatron.ops.memory_mlp import _SiluGradMul, _ZWt, apply_clipped_delta, boundary_terms, l2norm, memory_eval
 from hope_megatron.ops.naive import advance_token_loop
 
@@ -195,6 +195,23 @@ def test_chunk_step_forward_and_full_gradcheck(layers, dgd, momentum, shared_z, 
     inputs = [t.requires_grad_(True) if t is not None else None for t in (*gates, *ws, *ms, *us, *zs, *zws)]
     for sp in (spec, spec_inf):
         assert torch.autograd.gradcheck(lambda *ts: _ChunkStep.apply(sp, *ts), inputs, eps=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 16, 17, 64])
+def test_unit_lower_inverse_matches_triangular_solve(n):
+    """(I + L)⁻¹ by the nilpotent product (used for R = (I + Φ)⁻¹ rhs, §3.4) equals a unit-triangular solve, reads only
+    the strict lower part, and stays accurate for the largest Φ the gates allow: η ≤ η_max = 0.1, α = 1 and every
+    ẑ equal give Φ = 0.1·tril₋₁(1), where powers of L are largest."""
+    g = torch.Generator().manual_seed(5)
+    eye = torch.eye(n, dtype=F64)
+    cases = [0.3 * torch.randn(4, n, n, generator=g, dtype=F64), 0.1 * torch.ones(1, n, n, dtype=F64)]
+    for low in cases:
+        want = torch.linalg.solve_triangular(torch.tril(low, -1) + eye, eye.expand_as(low), upper=False)
+        got = _unit_lower_inverse(low)  # diagonal and upper part of `low` are non-zero here and must be ignored
+        assert err(got, want) <= 1e-12
+        assert torch.equal(torch.triu(got, 1), torch.zeros_like(got)) and torch.equal(got.diagonal(0, -2, -1),
+                                                                                      torch.ones(low.shape[:-1], dtype=F64))
+        assert err(_unit_lower_inverse(low.float()).double(), want) <= 1e-5
 
 
 def test_causal_conv_matches_definition_and_streams():
