@@ -17,7 +17,7 @@ log₂ n batched matmuls (_unit_lower_inverse), which the backward reuses. The i
 the state dtype (fp32, or fp64 when the inputs are fp64; §3.7).
 
 Split of the work: the gates (everything built from η and log α alone: [B, H, n] vectors and [B, H, n, n]
-matrices) are computed with autograd in advance_chunk; everything with a d-sized axis (Gram matrices, the solve,
+matrices) are computed with autograd in advance_chunk; everything with a d-sized axis (Gram matrices, the inverse,
 the written rows, the state write and the clip) is one autograd Function, _ChunkStep, whose backward is written by
 hand (derivation in its docstring). Autograd over that part would keep and revisit ~20 O(n·d) temporaries per
 layer and accumulate the state-sized gradients piecewise.
@@ -77,7 +77,7 @@ def _unit_lower_inverse(low: torch.Tensor) -> torch.Tensor:
     and upper part are never read).
 
     L is nilpotent (Lⁿ = 0), so (I + L)⁻¹ = Σ_{k<n} (−L)^k = (I − L)(I + L²)(I + L⁴)⋯(I + L^{2^j}) with 2^{j+1} ≥ n:
-    2·⌈log₂ n⌉ − 2 batched n×n matmuls. For the chunk's 16×16 systems this measured ~3× faster than a batched
+    2·⌈log₂ n⌉ − 2 batched n×n matmuls for n ≥ 2. For the chunk's 16×16 systems this measured ~3× faster than a batched
     triangular solve on CPU (MKL solves matrix by matrix), and the backward applies the same inverse transposed
     with one matmul instead of a second solve. Products of strictly lower matrices stay exactly zero on and above
     the diagonal, so the result is exactly unit lower triangular.
