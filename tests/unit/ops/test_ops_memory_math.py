@@ -214,6 +214,40 @@ def test_unit_lower_inverse_matches_triangular_solve(n):
         assert err(_unit_lower_inverse(low.float()).double(), want) <= 1e-5
 
 
+def test_chunk_step_backward_allocates_two_state_buffers_per_layer():
+    """_ChunkStep's docstring: with the clip active its backward reuses W' − W and G_Δ as the buffers of G_W and G_m,
+    so it allocates 2 state-sized tensors per layer (plus one reused scratch for the ⟨·,·⟩ products), not 4."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    g = torch.Generator().manual_seed(3)
+    G, N, n, do, di, nl = 2, 3, 4, 5, 7, 2
+    rnd = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    low = lambda: 0.3 * torch.tril(rnd(N, n, n), diagonal=-1)  # noqa: E731
+    gates = [-0.5 * rnd(N, n).abs(), 0.3 * rnd(N, n), 0.3 * rnd(N, n), low(), low(), rnd(N, n).abs(), 0.3 * rnd(N, n),
+             0.1 * rnd(N), 0.5 * rnd(N)]
+    tensors = [rnd(G, N, do, di) for _ in range(2 * nl)] + [rnd(G, N, n, do) for _ in range(nl)] + \
+        [rnd(G, N, n, di) for _ in range(nl)] + [None] * nl
+    inputs = [t.requires_grad_(True) if t is not None else None for t in (*gates, *tensors)]
+    out = _ChunkStep.apply((nl, True, True, 0.9, 1e-3), *inputs)  # c = 1e-3: the clip is active on every head
+    grads = [rnd(*o.shape) for o in out]  # handed in directly: nothing but _ChunkStep's backward runs below
+    state = (G, N, do, di)
+
+    class Fresh(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            res = func(*args, **(kwargs or {}))
+            ins = {a.untyped_storage().data_ptr() for a in [*args, *(kwargs or {}).values()] if isinstance(a, torch.Tensor)}
+            for r in (res if isinstance(res, (tuple, list)) else [res]):
+                if isinstance(r, torch.Tensor) and tuple(r.shape) == state and r.untyped_storage().data_ptr() not in ins:
+                    self.count += 1
+            return res
+
+    with Fresh() as mode:
+        torch.autograd.grad(out, [t for t in inputs if t is not None], grads)
+    assert mode.count == 2 * nl + 1
+
+
 def test_causal_conv_matches_definition_and_streams():
     """§2.1: conv(a)_t = Σ_j w_j a_{t−j} with zeros before the start; pieces with the carried tail == whole."""
     g = torch.Generator().manual_seed(2)
