@@ -99,6 +99,10 @@ class HopeConfig(TransformerConfig):
     memory_zero_init: bool = field(default=False, metadata=_h("meta-initial memory weights W0 = 0 (deltanet preset)."))
     titans_recompute_chunks: bool = field(default=False, metadata=_h(
         "re-run each Titans chunk in the backward instead of keeping its activations: ~1/3 the op's memory, 1.2-1.4x its time."))
+    titans_impl: str = field(default="auto", metadata=_h(
+        "form of the Titans memory op: auto (triton on CUDA when Triton imports, else chunked), triton (fused GPU "
+        "kernels; unsupported settings fall back to chunked with a log line), chunked, naive (token-loop reference).",
+        choices=("auto", "triton", "chunked", "naive")))
     cms_levels: int = field(default=4, metadata=_h("CMS levels K (hope_math §4.1); 1 = one ordinary MLP."))
     cms_periods: Optional[List[int]] = field(default=None, metadata=_h(
         "update period of each CMS level in optimizer iterations (default: the first K of 1 4 32 128)."))
@@ -252,7 +256,7 @@ class HopeConfig(TransformerConfig):
                   momentum=self.inner_momentum, decay=self.inner_decay, eta_max=self.eta_max, eta_init=self.eta_init,
                   alpha_init=self.alpha_init, inner_clip=self.inner_clip, update_dropout=self.update_dropout,
                   read_after_update=self.read_after_update, zero_init=self.memory_zero_init,
-                  recompute_chunks=self.titans_recompute_chunks)
+                  recompute_chunks=self.titans_recompute_chunks, impl=self.titans_impl)
         if letter != own:
             kw.update(LETTER_OP_OVERRIDES[letter])
             if letter == "D" and kw["eta_init"] >= kw["eta_max"]:

@@ -13,6 +13,7 @@ from typing import Dict, Optional, Tuple
 import torch
 
 PROJECTION_MEMORIES = ("k", "v", "eta", "alpha", "q")
+IMPLS = ("auto", "triton", "chunked", "naive")  # execution forms of titans_memory (docs/ops.md)
 STATIC_CHANNELS = ("k", "v", "eta", "alpha")
 
 
@@ -37,6 +38,7 @@ class TitansOpConfig:
     read_after_update: bool = False       # deltanet preset: read the post-update state (§10 #15); needs C = 1
     zero_init: bool = False               # W⁰ = 0 for every memory (deltanet preset, §2.2)
     recompute_chunks: bool = False        # execution only: re-run each chunk in the backward (docs/ops.md)
+    impl: str = "auto"                    # execution only: auto = triton on CUDA when it imports, else chunked
 
     def __post_init__(self):
         def bad(msg):
@@ -66,6 +68,8 @@ class TitansOpConfig:
             bad(f"update_dropout={self.update_dropout!r} must be in [0, 1).")
         if self.inner_q and not self.self_mod:
             bad("inner_q=True needs self_mod=True (M_q is a projection memory); set inner_q=False.")
+        if self.impl not in IMPLS:
+            bad(f"impl={self.impl!r} is unknown; use one of {', '.join(IMPLS)} (auto = triton on CUDA, else chunked).")
         if self.read_after_update and self.chunk_size != 1:
             bad(f"read_after_update=True needs chunk_size=1 (a post-update read inside a chunk of "
                 f"{self.chunk_size} tokens would not be causal).")

@@ -8,7 +8,8 @@ broadcast against them.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from contextlib import contextmanager
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -142,6 +143,35 @@ def boundary_terms(ws: Sequence[torch.Tensor], k: torch.Tensor, v: torch.Tensor,
     return y, factors, zw
 
 
+_CLIP_RECORD: Optional[List[torch.Tensor]] = None  # set by record_clip_scales() for the length of one op call
+
+
+@contextmanager
+def record_clip_scales(stats: Optional[Dict[str, torch.Tensor]]):
+    """Within the block, every chunk clip's scale f (clip_scale) is kept; on exit `stats` receives (device tensors,
+    no host sync): clip_writes = clipped writes counted per (memory, sequence, head, chunk), clip_hits = those with
+    f < 1 (the clip was active), clip_scale_sum = Σ f. Nothing is recorded with an infinite clip (f ≡ 1)."""
+    global _CLIP_RECORD
+    if stats is None:
+        yield
+        return
+    outer, _CLIP_RECORD = _CLIP_RECORD, []
+    try:
+        yield
+        add_clip_stats(stats, _CLIP_RECORD)
+    finally:
+        _CLIP_RECORD = outer
+
+
+def add_clip_stats(stats: Dict[str, torch.Tensor], scales: Sequence[torch.Tensor]) -> None:
+    """Accumulate clip scales f (any shapes) into stats' clip_writes / clip_hits / clip_scale_sum."""
+    for f in scales:
+        f = f.detach().float()
+        for key, val in (("clip_writes", f.new_tensor(float(f.numel()))), ("clip_hits", (f < 1).sum().float()),
+                         ("clip_scale_sum", f.sum())):
+            stats[key] = stats[key] + val if key in stats else val
+
+
 def clip_scale(deltas: Sequence[torch.Tensor], c_clip: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """(f, ‖(ΔW₁, ΔW₂)‖_F) of the per-chunk inner-update clip (hope_math §2.5, §10 #10), per leading index.
 
@@ -149,7 +179,10 @@ def clip_scale(deltas: Sequence[torch.Tensor], c_clip: float) -> Tuple[torch.Ten
     """
     sq = sum(torch.linalg.vector_norm(d, dim=(-2, -1)) ** 2 for d in deltas)
     norm = torch.sqrt(sq.clamp_min(1e-300 if sq.dtype == torch.float64 else 1e-30))
-    return (c_clip / norm).clamp(max=1.0), norm
+    f = (c_clip / norm).clamp(max=1.0)
+    if _CLIP_RECORD is not None:
+        _CLIP_RECORD.append(f.detach())
+    return f, norm
 
 
 def apply_clipped_delta(start: Sequence[torch.Tensor], deltas: Sequence[torch.Tensor],

@@ -25,8 +25,9 @@ from torch.utils.checkpoint import checkpoint
 
 from .chunked import advance_chunk
 from .config import TitansOpConfig, weight_names
-from .memory_mlp import apply_clipped_delta, boundary_terms, l2norm, memory_eval
+from .memory_mlp import apply_clipped_delta, boundary_terms, l2norm, memory_eval, record_clip_scales
 from .naive import advance_token_loop
+from . import triton as _triton
 
 def _token_loop_clipped(ws, ms, factors, eta, log_alpha, cfg, zw=None):
     """The naive advance (§3.1) followed by the chunk clip (§2.5) on ΔW = W_end − W_start."""
@@ -194,8 +195,9 @@ def _tail(pending: Dict[str, torch.Tensor], n: int) -> Dict[str, torch.Tensor]:
 
 
 def _check(x, q, params, cfg, static, state, impl):
-    if impl not in _ADVANCE:
-        raise ValueError(f"titans_memory: impl={impl!r} is unknown; use 'chunked' (training) or 'naive' (reference).")
+    if impl not in _ADVANCE and impl not in ("auto", "triton"):
+        raise ValueError(f"titans_memory: impl={impl!r} is unknown; use 'auto', 'triton', 'chunked' (training) or "
+                         f"'naive' (reference).")
     if x.dim() != 4 or q.shape != x.shape:
         raise ValueError(f"titans_memory: x and q must both be [B, H, L, d_h]; got {tuple(x.shape)} and {tuple(q.shape)}.")
     want = set(cfg.static_channels())
@@ -217,13 +219,32 @@ def _check(x, q, params, cfg, static, state, impl):
 
 def titans_memory(x: torch.Tensor, q: torch.Tensor, params: Dict[str, torch.Tensor], cfg: TitansOpConfig,
                   static: Optional[Dict[str, torch.Tensor]] = None, state: Optional[TitansState] = None,
-                  return_state: bool = False, impl: str = "chunked", training: bool = False):
+                  return_state: bool = False, impl: Optional[str] = None, training: bool = False,
+                  stats: Optional[Dict[str, torch.Tensor]] = None):
     """y = M_mem(q) read at the chunk-boundary state (hope_math §2), [B, H, L, d_h]; see the Ops contract.
 
     x: x̃ after conv+SiLU; q after conv+SiLU+ℓ2norm; static: cfg.static_channels() ("k"/"v" [B, H, L, d_h],
     "eta"/"alpha" [B, H, L] logits). state=None starts from the meta-init. Returns y, or (y, new_state).
+    impl: None = cfg.impl; "auto" = "triton" for CUDA inputs when Triton imports, else "chunked"; "triton" runs the
+    fused kernels (ops/triton) where they cover the settings and otherwise the chunked form, saying why once.
+    stats: a dict that receives the chunk clip's statistics (memory_mlp.record_clip_scales).
     """
+    impl = impl or cfg.impl
     _check(x, q, params, cfg, static, state, impl)
+    if impl == "auto":
+        impl = "triton" if x.is_cuda and _triton.available() else "chunked"
+    if impl == "triton":
+        reason = _triton.unsupported(x, cfg, state, training)
+        if reason is None:
+            return _triton.titans_memory_triton(x, q, params, cfg, static, state, return_state, training, stats)
+        _triton.log_fallback(reason)
+        impl = "chunked"
+    with record_clip_scales(stats):
+        return _titans_memory_torch(x, q, params, cfg, static, state, return_state, impl, training)
+
+
+def _titans_memory_torch(x, q, params, cfg, static, state, return_state, impl, training):
+    """The naive and chunked forms: one driver, two advances (module docstring)."""
     bsz, heads, length, _ = x.shape
     if length == 0:
         return (x.new_zeros(x.shape), state) if return_state else x.new_zeros(x.shape)

@@ -131,6 +131,13 @@ def hope_config_class():
     return HopeConfig
 
 
+def hope_choices(name: str):
+    """The allowed values of a HOPE string field (metadata["choices"]), or None."""
+    from hope_megatron.config import hope_fields as model_hope_fields
+
+    return next((f.metadata.get("choices") for f in model_hope_fields() if f.name == name), None)
+
+
 def hope_fields():
     """[(name, type_string, default, help)] of HopeConfig's HOPE fields (hope_megatron.config.hope_fields)."""
     from hope_megatron.config import HopeConfig, hope_fields as model_hope_fields
@@ -159,7 +166,8 @@ def _add_hope_flag(group, name: str, type_str: str, default, help_: str) -> None
     elif "float" in t:
         group.add_argument(flag, type=float, default=None, help=help_)
     else:
-        group.add_argument(flag, type=str, default=None, help=help_)
+        choices = hope_choices(name)
+        group.add_argument(flag, type=str, default=None, help=help_, **({"choices": list(choices)} if choices else {}))
 
 
 def hope_overrides(args) -> dict:

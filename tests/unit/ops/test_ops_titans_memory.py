@@ -346,3 +346,33 @@ def test_fused_grids_equal_two_passes(impl, monkeypatch):
     for k, v in out[False][2].items():
         if torch.is_tensor(v):
             assert err(out[True][2][k], v) <= 1e-12, k
+
+
+@pytest.mark.parametrize("impl", ["naive", "chunked"])
+def test_clip_stats_count_every_clipped_write(impl):
+    """stats= reports one entry per (memory, sequence, head, closed chunk) write: all active with a tiny clip (f < 1,
+    Σf = c·Σ 1/‖Δ‖ < writes), none with a huge one (Σf = writes), nothing with the clip off."""
+    B, H, L, C = 2, 3, 13, 4           # 3 closed chunks; with return_state every one writes
+    counts = {}
+    for clip in (1e-6, 1e6, float("inf")):
+        cfg = TitansOpConfig(chunk_size=C, inner_clip=clip)
+        x, q, static, params = make_case(cfg, B=B, H=H, L=L)
+        stats = {}
+        titans_memory(x, q, params, cfg, static=static or None, return_state=True, impl=impl, stats=stats)
+        counts[clip] = {k: v.item() for k, v in stats.items()}
+    writes = len(cfg.memory_names()) * B * H * (L // C)
+    assert counts[1e-6]["clip_writes"] == writes and counts[1e-6]["clip_hits"] == writes
+    assert counts[1e-6]["clip_scale_sum"] < 1e-3 * writes
+    assert counts[1e6] == {"clip_writes": writes, "clip_hits": 0.0, "clip_scale_sum": writes}
+    assert counts[float("inf")] == {}
+
+
+def test_impl_names_are_checked_and_triton_falls_back_with_one_line(caplog):
+    cfg = TitansOpConfig(chunk_size=4)
+    x, q, static, params = make_case(cfg, dtype=torch.float32)
+    with pytest.raises(ValueError, match="impl='cuda' is unknown"):
+        titans_memory(x, q, params, cfg, impl="cuda")
+    with pytest.raises(ValueError, match="impl='fast' is unknown"):
+        TitansOpConfig(impl="fast")
+    ref = titans_memory(x, q, params, cfg, impl="chunked")
+    assert torch.equal(titans_memory(x, q, params, cfg, impl="auto"), ref)   # CPU tensors: auto = chunked
