@@ -33,7 +33,8 @@ setup(
         # (and the PyPI package called `apex` is an unrelated web toolkit: never install it).
         "gpu": ["transformer-engine[pytorch]>=2.9.0a0,<2.12.0"],
         "eval": ["lm-eval==0.4.13", "matplotlib", "pyarrow"],  # tasks.py copies 0.4.13's prompts
-        "dev": ["pytest>=8", "lm-eval==0.4.13", "matplotlib", "pyarrow"],
+        # triton: the fused memory kernels' tests run under TRITON_INTERPRET=1 on CPU (a GPU install brings its own)
+        "dev": ["pytest>=8", "lm-eval==0.4.13", "matplotlib", "pyarrow", "triton==3.9.0"],
     },
     entry_points={"console_scripts": ["hope-train=hope_megatron.train:main"]},
 )

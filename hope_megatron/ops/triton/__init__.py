@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 
 _LOG = logging.getLogger("hope_megatron.ops")
@@ -45,3 +46,28 @@ def log_fallback(reason: str) -> None:
 
 def titans_memory_triton(x, q, params, cfg, static, state, return_state, training, stats):
     raise NotImplementedError("titans_memory_triton: the kernels are not in this build")
+
+
+def checkpoint_every(num_chunks: int) -> int:
+    """n_r: the backward keeps the boundary state of every n_r-th chunk and recomputes the rest (hope_math §2.8);
+    ⌈√(chunks)⌉ balances the kept states against the per-segment recompute buffer."""
+    return max(1, math.ceil(math.sqrt(max(num_chunks, 1))))
+
+
+def saved_bytes(cfg, batch: int, heads: int, length: int, head_dim: int, input_bytes: int = 2,
+                training: bool = True) -> int:
+    """Bytes the fused kernels keep for the backward of one layer (local heads): the inputs x̃, q and static
+    channels, the update-dropout keep-masks (1 byte each), and every n_r-th boundary state (fp32 W and momentum of
+    every memory). The launchers' preflight (--dry-run) uses this for the memory op's share of the estimate."""
+    d, rd = head_dim, cfg.expansion * head_dim
+    tokens = batch * heads * length
+    per_token = 2 * d * input_bytes                                                    # x̃, q
+    per_token += sum(d if c in ("k", "v") else 1 for c in cfg.static_channels()) * input_bytes
+    n_proj = len(cfg.projection_memories())
+    if training and cfg.update_dropout > 0:
+        per_token += n_proj * d                                                        # uint8 keep-masks
+    chunks = -(-length // cfg.mem_chunk)
+    kept = -(-chunks // checkpoint_every(chunks)) + 1
+    mats = (2 if cfg.memory_depth == 2 else 1) * (2 if cfg.momentum else 1)
+    state = len(cfg.memory_names()) * mats * d * (rd if cfg.memory_depth == 2 else d) * 4
+    return tokens * per_token + kept * batch * heads * state
