@@ -7,12 +7,15 @@ process), titans_memory_triton(...) (same contract as titans_memory).
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import math
 import os
 
 _LOG = logging.getLogger("hope_megatron.ops")
+# Kernel launches by kernel name, incremented at every launch (the launch-count benchmark reads and resets it).
+LAUNCHES: collections.Counter = collections.Counter()
 _SAID: set = set()
 
 
