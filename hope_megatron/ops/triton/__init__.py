@@ -34,11 +34,33 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+MAX_CHUNK, MAX_WIDTH = 64, 256   # tile limits: chunk rows, memory MLP width r·d_h (d_h itself ≤ 128)
+
+
 def unsupported(x, cfg, state, training):
     """None when the fused kernels cover this call, else one sentence naming the setting (then: chunked form)."""
+    import torch
+
     if not available():
         return "Triton does not import here (pip install triton, or use --titans-impl chunked)"
-    return "the fused Triton kernels are not part of this build yet"
+    if not x.is_cuda and not interpreting():
+        return "the kernels run on CUDA tensors (or on CPU tensors under TRITON_INTERPRET=1)"
+    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        return f"inputs of dtype {x.dtype} are not covered (fp32, bf16, fp16)"
+    if x.dtype == torch.float64 and x.is_cuda:
+        return "fp64 inputs run on the chunked form on a GPU (the kernels' fp64 path is for interpreter tests)"
+    if cfg.inner_q:
+        return "inner_q=True (M_q needs its own projection pass)"
+    if cfg.read_after_update:
+        return "read_after_update=True (the deltanet preset reads the post-update state, C = 1)"
+    if cfg.projection_memories() and cfg.proj_chunk != cfg.mem_chunk:
+        return f"C_proj={cfg.proj_chunk} differs from C_mem={cfg.mem_chunk} (the kernels fuse both grids)"
+    if cfg.mem_chunk > MAX_CHUNK:
+        return f"chunk size {cfg.mem_chunk} exceeds the kernels' {MAX_CHUNK}"
+    d = x.shape[-1]
+    if d > 128 or cfg.expansion * d > MAX_WIDTH:
+        return f"head width {d} (x{cfg.expansion}) exceeds the kernels' tiles (d_h <= 128, r*d_h <= {MAX_WIDTH})"
+    return None
 
 
 def log_fallback(reason: str) -> None:
@@ -48,7 +70,10 @@ def log_fallback(reason: str) -> None:
 
 
 def titans_memory_triton(x, q, params, cfg, static, state, return_state, training, stats):
-    raise NotImplementedError("titans_memory_triton: the kernels are not in this build")
+    """titans_memory on the fused kernels (function.run); call only where unsupported(...) is None."""
+    from .function import run
+
+    return run(x, q, params, cfg, static, state, return_state, training, stats)
 
 
 def checkpoint_every(num_chunks: int) -> int:

@@ -1,0 +1,525 @@
+"""The persistent Triton kernels of the Titans memory op: one program per (sequence, head) walks every chunk of a layer.
+
+Forward (_titans_fwd_kernel): for each chunk j of C tokens (hope_math §2.7, §3.6 with C_proj = C_mem):
+  read   every memory of the group at the boundary state S_j: M_k, M_v, M_η, M_α on x̃ give k, v, η, log α (or they
+         come in as inputs: static channels, §2.1/§5.4), M_mem on q gives y (§2.6);
+  write  if the chunk writes, each memory advances S_j → S_{j+1} in closed form (chunk_math: boundary terms, gates,
+         chunk step, clip; §2.4–2.5, §3.4–3.5), in place in the working state;
+  keep   the boundary state of every n_r-th chunk for the backward (hope_math §2.8).
+Backward (_titans_bwd_kernel): segments of n_r chunks in reverse; each segment's boundary states are recomputed from its
+kept state into a scratch buffer, then its chunks run backward in reverse, carrying ∂L/∂S from chunk to chunk and
+writing ∂L/∂(x̃, q, static inputs, readouts) per chunk; what is left of ∂L/∂S at the end is ∂L/∂S₀.
+
+State buffers are fp32 (fp64 for fp64 inputs), [programs, G, d_out, d_in] per weight matrix, layer order (W₁, W₂) as
+in memory_mlp (a linear memory uses the W₁ buffers only). Memories of the group: the projection memories in
+TitansOpConfig.projection_memories() order, then mem last; IDX_* give each role's position (−1: the role's values
+come in as inputs). Stores a program re-reads are fenced with tl.debug_barrier().
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .chunk_math import (_boundary_bwd, _boundary_bwd_linear, _boundary_fwd, _boundary_fwd_linear, _gates,
+                         _gates_bwd, _l2norm_bwd, _log1p, _mm_nt, _read, _read_bwd, _read_linear, _read_linear_bwd, _rownorm,
+                         _step_bwd, _step_fwd, _unit_lower_inverse)
+
+
+# ------------------------------------------------------------------------------------------------------ tile I/O
+@triton.jit
+def _tile(ptr, O, I, BO: tl.constexpr, BI: tl.constexpr):
+    """[BO, BI] tile of a row-major [O, I] matrix, zero-padded."""
+    o = tl.arange(0, BO)
+    i = tl.arange(0, BI)
+    return tl.load(ptr + o[:, None] * I + i[None, :], mask=(o[:, None] < O) & (i[None, :] < I), other=0.0)
+
+
+@triton.jit
+def _put(ptr, x, O, I, BO: tl.constexpr, BI: tl.constexpr):
+    o = tl.arange(0, BO)
+    i = tl.arange(0, BI)
+    tl.store(ptr + o[:, None] * I + i[None, :], x.to(ptr.dtype.element_ty), mask=(o[:, None] < O) & (i[None, :] < I))
+
+
+@triton.jit
+def _rows(ptr, n, W, BC: tl.constexpr, BW: tl.constexpr, CDT: tl.constexpr):
+    """Rows 0..n−1 of a row-major [*, W] block starting at ptr, as a [BC, BW] tile in the compute dtype."""
+    t = tl.arange(0, BC)
+    c = tl.arange(0, BW)
+    return tl.load(ptr + t[:, None] * W + c[None, :], mask=(t[:, None] < n) & (c[None, :] < W), other=0).to(CDT)
+
+
+@triton.jit
+def _put_rows(ptr, x, n, W, BC: tl.constexpr, BW: tl.constexpr):
+    t = tl.arange(0, BC)
+    c = tl.arange(0, BW)
+    tl.store(ptr + t[:, None] * W + c[None, :], x.to(ptr.dtype.element_ty), mask=(t[:, None] < n) & (c[None, :] < W))
+
+
+@triton.jit
+def _vec(ptr, n, BC: tl.constexpr, CDT: tl.constexpr):
+    t = tl.arange(0, BC)
+    return tl.load(ptr + t, mask=t < n, other=0).to(CDT)
+
+
+@triton.jit
+def _put_vec(ptr, x, n, BC: tl.constexpr):
+    t = tl.arange(0, BC)
+    tl.store(ptr + t, x.to(ptr.dtype.element_ty), mask=t < n)
+
+
+@triton.jit
+def _copy_state(w1_src, w2_src, m1_src, m2_src, w1_dst, w2_dst, m1_dst, m2_dst,
+                D, R, G: tl.constexpr, BD: tl.constexpr, BR: tl.constexpr, DEPTH: tl.constexpr):
+    """Copy one program's state (every memory of the group) between buffers of the same per-program layout."""
+    for g in range(G):
+        if DEPTH == 2:
+            _put(w1_dst + g * D * R, _tile(w1_src + g * D * R, D, R, BD, BR), D, R, BD, BR)
+            _put(w2_dst + g * R * D, _tile(w2_src + g * R * D, R, D, BR, BD), R, D, BR, BD)
+            _put(m1_dst + g * D * R, _tile(m1_src + g * D * R, D, R, BD, BR), D, R, BD, BR)
+            _put(m2_dst + g * R * D, _tile(m2_src + g * R * D, R, D, BR, BD), R, D, BR, BD)
+        else:
+            _put(w1_dst + g * D * D, _tile(w1_src + g * D * D, D, D, BD, BD), D, D, BD, BD)
+            _put(m1_dst + g * D * D, _tile(m1_src + g * D * D, D, D, BD, BD), D, D, BD, BD)
+
+
+# -------------------------------------------------------------------------------------------------- read phase
+@triton.jit
+def _chunk_read(x_ptr, q_ptr, kin_ptr, vin_ptr, etain_ptr, lain_ptr, keep_ptr, keep_stride, weta_ptr, beta_b,
+                walpha_ptr, balpha_b, w1_ptr, w2_ptr, n, eta_max, inv_keep,
+                D, R, BC: tl.constexpr, BD: tl.constexpr, BR: tl.constexpr, G: tl.constexpr, DEPTH: tl.constexpr,
+                IDX_K: tl.constexpr, IDX_V: tl.constexpr, IDX_ETA: tl.constexpr, IDX_ALPHA: tl.constexpr,
+                HAS_LAIN: tl.constexpr, DROP: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr):
+    """k, v, η, log α and y of one chunk's n tokens at the boundary state (hope_math §2.3, §2.6); rows ≥ n are 0.
+    Pointers are at this program's chunk start (token rows) and this program's state (w1_ptr, w2_ptr)."""
+    t = tl.arange(0, BC)
+    valid = t < n
+    x = _rows(x_ptr, n, D, BC, BD, CDT)
+    q = _rows(q_ptr, n, D, BC, BD, CDT)
+    c = tl.arange(0, BD)
+    k = x * 0.0
+    v = x * 0.0
+    eta = tl.sum(x, axis=1) * 0.0
+    la = eta
+    y = x * 0.0
+    if IDX_K < 0:
+        k = _rows(kin_ptr, n, D, BC, BD, CDT)                    # ℓ2norm(static k̃), normalised by the caller
+    if IDX_V < 0:
+        v = _rows(vin_ptr, n, D, BC, BD, CDT)
+    if IDX_ETA < 0:
+        eta = _vec(etain_ptr, n, BC, CDT)
+    if IDX_ALPHA < 0:
+        if HAS_LAIN:
+            la = _vec(lain_ptr, n, BC, CDT)
+    for gi in tl.static_range(G):
+        z = q if gi == G - 1 else x                              # M_mem reads q, the projection memories x̃
+        dropped = DROP and gi < G - 1
+        keep = x * 0.0
+        if dropped:
+            keep = _rows(keep_ptr + gi * keep_stride, n, D, BC, BD, CDT)
+        if DEPTH == 2:
+            o = _read(z, _tile(w1_ptr + gi * D * R, D, R, BD, BR), _tile(w2_ptr + gi * R * D, R, D, BR, BD),
+                      keep, inv_keep, dropped, PREC)
+        else:
+            o = _read_linear(z, _tile(w1_ptr + gi * D * D, D, D, BD, BD), keep, inv_keep, dropped, PREC)
+        if gi == IDX_K:
+            nk, _ = _rownorm(o)
+            k = o / nk[:, None]                                  # k = ℓ2norm(M_k(x̃))
+        if gi == IDX_V:
+            v = o                                                # v = M_v(x̃)
+        if gi == IDX_ETA:
+            w = tl.load(weta_ptr + c, mask=c < D, other=0).to(CDT)
+            eta = tl.where(valid, eta_max * tl.sigmoid(tl.sum(o * w[None, :], axis=1) + beta_b), 0.0)
+        if gi == IDX_ALPHA:
+            w = tl.load(walpha_ptr + c, mask=c < D, other=0).to(CDT)
+            s = tl.sum(o * w[None, :], axis=1) + balpha_b
+            la = tl.where(valid, tl.minimum(s, 0.0) - _log1p(tl.exp(-tl.abs(s))), 0.0)   # logsigmoid, fp32-exact
+        if gi == G - 1:
+            y = o
+    return k, v, eta, la, y
+
+
+# ------------------------------------------------------------------------------------------------- write phase
+@triton.jit
+def _chunk_write(k, v, eta, la, n, bpow_ptr, src_w1, src_w2, src_m1, src_m2, dst_w1, dst_w2, dst_m1, dst_m2,
+                 clipf_ptr, clipf_stride, clip, D, R, BC: tl.constexpr, BD: tl.constexpr, BR: tl.constexpr,
+                 LOG2BC: tl.constexpr, G: tl.constexpr, DEPTH: tl.constexpr, SELF: tl.constexpr,
+                 DGD: tl.constexpr, MOM: tl.constexpr, CLIP_ON: tl.constexpr, STORE_F: tl.constexpr,
+                 PREC: tl.constexpr):
+    """S_j → S_{j+1} for every memory of the group (src may equal dst: each memory is read before it is written)."""
+    c_u, c_w, c_m, p, q, e_out, k_out, g, r, mw, beta_n = _gates(eta, la, n, bpow_ptr, BC, DGD, MOM, PREC)
+    nk, _ = _rownorm(k)
+    khat = k / nk[:, None]
+    s2 = _mm_nt(khat, khat, PREC)                               # k̂ is shared by every memory's W₂ (hope_math §3.2)
+    inv2 = s2
+    if DGD:
+        inv2 = _unit_lower_inverse(p * s2, BC, LOG2BC, PREC)
+    for gm in range(G):
+        if DEPTH == 2:
+            w1 = _tile(src_w1 + gm * D * R, D, R, BD, BR)
+            w2 = _tile(src_w2 + gm * R * D, R, D, BR, BD)
+            m1 = _tile(src_m1 + gm * D * R, D, R, BD, BR)
+            m2 = _tile(src_m2 + gm * R * D, R, D, BR, BD)
+            u1, z1, zw1, u2, z2, zw2 = _boundary_fwd(k, v, w1, w2, SELF, PREC)
+            s1 = _mm_nt(z1, z1, PREC)
+            inv1 = s1
+            if DGD:
+                inv1 = _unit_lower_inverse(p * s1, BC, LOG2BC, PREC)
+            d1, m1n, _, _ = _step_fwd(u1, z1, zw1, w1, m1, s1, inv1, c_u, c_w, c_m, q, e_out, k_out, g, r, mw,
+                                      beta_n, DGD, MOM, PREC)
+            d2, m2n, _, _ = _step_fwd(u2, z2, zw2, w2, m2, s2, inv2, c_u, c_w, c_m, q, e_out, k_out, g, r, mw,
+                                      beta_n, DGD, MOM, PREC)
+            f = tl.sum(tl.sum(d1 * d1, axis=1), axis=0) * 0.0 + 1.0
+            if CLIP_ON:                                          # ‖(Δ₁, Δ₂)‖_F per memory (hope_math §2.5, §10 #10)
+                sq = tl.sum(tl.sum(d1 * d1, axis=1), axis=0) + tl.sum(tl.sum(d2 * d2, axis=1), axis=0)
+                f = tl.minimum(clip / tl.sqrt(tl.maximum(sq, 1e-30)), 1.0)
+            _put(dst_w1 + gm * D * R, w1 + f * d1, D, R, BD, BR)
+            _put(dst_w2 + gm * R * D, w2 + f * d2, R, D, BR, BD)
+            _put(dst_m1 + gm * D * R, m1n, D, R, BD, BR)
+            _put(dst_m2 + gm * R * D, m2n, R, D, BR, BD)
+        else:
+            w = _tile(src_w1 + gm * D * D, D, D, BD, BD)
+            m = _tile(src_m1 + gm * D * D, D, D, BD, BD)
+            u, z, zw = _boundary_fwd_linear(k, v, w, SELF, PREC)
+            d, mn, _, _ = _step_fwd(u, z, zw, w, m, s2, inv2, c_u, c_w, c_m, q, e_out, k_out, g, r, mw, beta_n,
+                                    DGD, MOM, PREC)
+            f = tl.sum(tl.sum(d * d, axis=1), axis=0) * 0.0 + 1.0
+            if CLIP_ON:
+                f = tl.minimum(clip / tl.sqrt(tl.maximum(tl.sum(tl.sum(d * d, axis=1), axis=0), 1e-30)), 1.0)
+            _put(dst_w1 + gm * D * D, w + f * d, D, D, BD, BD)
+            _put(dst_m1 + gm * D * D, mn, D, D, BD, BD)
+        if STORE_F:
+            tl.store(clipf_ptr + gm * clipf_stride, f)
+
+
+@triton.jit
+def _chunk_write_bwd(k, v, eta, la, n, bpow_ptr, src_w1, src_w2, src_m1, src_m2, gs_w1, gs_w2, gs_m1, gs_m2,
+                     clip, D, R, BC: tl.constexpr, BD: tl.constexpr, BR: tl.constexpr, LOG2BC: tl.constexpr,
+                     G: tl.constexpr, DEPTH: tl.constexpr, SELF: tl.constexpr, DGD: tl.constexpr, MOM: tl.constexpr,
+                     CLIP_ON: tl.constexpr, PREC: tl.constexpr):
+    """Backward of _chunk_write. gs_* hold ∂L/∂S_{j+1} on entry and the write's share of ∂L/∂S_j on exit (the reads'
+    share is added by the caller). Returns (G_k, G_v, G_η, G_logα) of the chunk's tokens."""
+    c_u, c_w, c_m, p, q, e_out, k_out, g, r, mw, beta_n = _gates(eta, la, n, bpow_ptr, BC, DGD, MOM, PREC)
+    nk, rk = _rownorm(k)
+    khat = k / nk[:, None]
+    s2 = _mm_nt(khat, khat, PREC)
+    inv2 = s2
+    if DGD:
+        inv2 = _unit_lower_inverse(p * s2, BC, LOG2BC, PREC)
+    g_k = k * 0.0
+    g_v = k * 0.0
+    a_cu = eta * 0.0
+    a_cw = a_cu
+    a_cm = a_cu
+    a_eout = a_cu
+    a_kout = a_cu
+    a_p = s2 * 0.0
+    a_q = a_p
+    a_g = tl.sum(a_cu, axis=0)
+    a_r = a_g
+    for gm in range(G):
+        if DEPTH == 2:
+            w1 = _tile(src_w1 + gm * D * R, D, R, BD, BR)
+            w2 = _tile(src_w2 + gm * R * D, R, D, BR, BD)
+            m1 = _tile(src_m1 + gm * D * R, D, R, BD, BR)
+            m2 = _tile(src_m2 + gm * R * D, R, D, BR, BD)
+            gw1n = _tile(gs_w1 + gm * D * R, D, R, BD, BR)
+            gw2n = _tile(gs_w2 + gm * R * D, R, D, BR, BD)
+            gm1n = _tile(gs_m1 + gm * D * R, D, R, BD, BR)
+            gm2n = _tile(gs_m2 + gm * R * D, R, D, BR, BD)
+            u1, z1, zw1, u2, z2, zw2 = _boundary_fwd(k, v, w1, w2, SELF, PREC)
+            s1 = _mm_nt(z1, z1, PREC)
+            inv1 = s1
+            if DGD:
+                inv1 = _unit_lower_inverse(p * s1, BC, LOG2BC, PREC)
+            d1, _, r1, zm1 = _step_fwd(u1, z1, zw1, w1, m1, s1, inv1, c_u, c_w, c_m, q, e_out, k_out, g, r, mw,
+                                       beta_n, DGD, MOM, PREC)
+            d2, _, r2, zm2 = _step_fwd(u2, z2, zw2, w2, m2, s2, inv2, c_u, c_w, c_m, q, e_out, k_out, g, r, mw,
+                                       beta_n, DGD, MOM, PREC)
+            gd1 = gw1n
+            gd2 = gw2n
+            if CLIP_ON:
+                # W' = W + fΔ; where the clip is active (‖Δ‖ > c) f = c/‖Δ‖ adds −Δ̃⟨G_W', Δ̃⟩/(c‖Δ‖), Δ̃ = fΔ
+                sq = tl.sum(tl.sum(d1 * d1, axis=1), axis=0) + tl.sum(tl.sum(d2 * d2, axis=1), axis=0)
+                nrm = tl.sqrt(tl.maximum(sq, 1e-30))
+                f = tl.minimum(clip / nrm, 1.0)
+                dot = f * (tl.sum(tl.sum(gw1n * d1, axis=1), axis=0) + tl.sum(tl.sum(gw2n * d2, axis=1), axis=0))
+                coef = tl.where(nrm > clip, dot / (clip * nrm), 0.0) * f
+                gd1 = f * gw1n - coef * d1
+                gd2 = f * gw2n - coef * d2
+            a_g += tl.sum(tl.sum(gd1 * w1, axis=1), axis=0) + tl.sum(tl.sum(gd2 * w2, axis=1), axis=0)
+            if MOM:
+                a_r -= tl.sum(tl.sum(gd1 * m1, axis=1), axis=0) + tl.sum(tl.sum(gd2 * m2, axis=1), axis=0)
+            gu1, gz1, gzw1, gm1, cu, cw, cm, gp, gq, eo, ko = _step_bwd(
+                gd1, gm1n, u1, z1, zw1, m1, s1, p, inv1, r1, zm1, c_u, c_w, c_m, q, e_out, k_out, r, mw, beta_n,
+                BC, DGD, MOM, PREC)
+            a_cu += cu
+            a_cw += cw
+            a_cm += cm
+            a_p += gp
+            a_q += gq
+            a_eout += eo
+            a_kout += ko
+            gu2, gz2, gzw2, gm2, cu, cw, cm, gp, gq, eo, ko = _step_bwd(
+                gd2, gm2n, u2, z2, zw2, m2, s2, p, inv2, r2, zm2, c_u, c_w, c_m, q, e_out, k_out, r, mw, beta_n,
+                BC, DGD, MOM, PREC)
+            a_cu += cu
+            a_cw += cw
+            a_cm += cm
+            a_p += gp
+            a_q += gq
+            a_eout += eo
+            a_kout += ko
+            gk, gv, gw1, gw2 = _boundary_bwd(k, v, w1, w2, gu1, gz1, gzw1, gu2, gz2, gzw2, SELF, PREC)
+            g_k += gk
+            g_v += gv
+            _put(gs_w1 + gm * D * R, gw1n + g * gd1 + gw1, D, R, BD, BR)   # G_W = G_W' + g G_Δ + boundary terms
+            _put(gs_w2 + gm * R * D, gw2n + g * gd2 + gw2, R, D, BR, BD)
+            _put(gs_m1 + gm * D * R, gm1, D, R, BD, BR)
+            _put(gs_m2 + gm * R * D, gm2, R, D, BR, BD)
+        else:
+            w = _tile(src_w1 + gm * D * D, D, D, BD, BD)
+            m = _tile(src_m1 + gm * D * D, D, D, BD, BD)
+            gwn = _tile(gs_w1 + gm * D * D, D, D, BD, BD)
+            gmn = _tile(gs_m1 + gm * D * D, D, D, BD, BD)
+            u, z, zw = _boundary_fwd_linear(k, v, w, SELF, PREC)
+            d, _, rr, zm = _step_fwd(u, z, zw, w, m, s2, inv2, c_u, c_w, c_m, q, e_out, k_out, g, r, mw, beta_n,
+                                     DGD, MOM, PREC)
+            gd = gwn
+            if CLIP_ON:
+                nrm = tl.sqrt(tl.maximum(tl.sum(tl.sum(d * d, axis=1), axis=0), 1e-30))
+                f = tl.minimum(clip / nrm, 1.0)
+                coef = tl.where(nrm > clip, f * tl.sum(tl.sum(gwn * d, axis=1), axis=0) / (clip * nrm), 0.0) * f
+                gd = f * gwn - coef * d
+            a_g += tl.sum(tl.sum(gd * w, axis=1), axis=0)
+            if MOM:
+                a_r -= tl.sum(tl.sum(gd * m, axis=1), axis=0)
+            gu, gz, gzw, gmm, cu, cw, cm, gp, gq, eo, ko = _step_bwd(
+                gd, gmn, u, z, zw, m, s2, p, inv2, rr, zm, c_u, c_w, c_m, q, e_out, k_out, r, mw, beta_n,
+                BC, DGD, MOM, PREC)
+            a_cu += cu
+            a_cw += cw
+            a_cm += cm
+            a_p += gp
+            a_q += gq
+            a_eout += eo
+            a_kout += ko
+            gk, gv, gw = _boundary_bwd_linear(k, v, w, gu, gz, gzw, SELF, PREC)
+            g_k += gk
+            g_v += gv
+            _put(gs_w1 + gm * D * D, gwn + g * gd + gw, D, D, BD, BD)
+            _put(gs_m1 + gm * D * D, gmm, D, D, BD, BD)
+    g_eta, g_la = _gates_bwd(eta, la, n, bpow_ptr, a_cu, a_cw, a_cm, a_p, a_q, a_eout, a_kout, a_g, a_r,
+                             BC, DGD, MOM, PREC)
+    return g_k, g_v, g_eta, g_la
+
+
+# ------------------------------------------------------------------------------------------------------- kernels
+@triton.jit
+def _titans_fwd_kernel(
+        X, Q, KIN, VIN, ETAIN, LAIN, KEEP, WETA, BETA_B, WALPHA, BALPHA, BPOW,
+        W1, W2, M1, M2, CK1, CK2, CKM1, CKM2, Y, PK, PV, PETA, PLA, CLIPF,
+        L, C, H, n_chunks, n_writes, NR, NCK, eta_max, clip, inv_keep,
+        D: tl.constexpr, R: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr, BR: tl.constexpr,
+        LOG2BC: tl.constexpr, G: tl.constexpr, DEPTH: tl.constexpr, SELF: tl.constexpr, DGD: tl.constexpr,
+        MOM: tl.constexpr, CLIP_ON: tl.constexpr, DROP: tl.constexpr, IDX_K: tl.constexpr, IDX_V: tl.constexpr,
+        IDX_ETA: tl.constexpr, IDX_ALPHA: tl.constexpr, HAS_LAIN: tl.constexpr, SAVE_CK: tl.constexpr,
+        STORE_PENDING: tl.constexpr, STORE_F: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr):
+    """One program per (sequence, head): every chunk of the layer, in order (module docstring)."""
+    pid = tl.program_id(0).to(tl.int64)
+    h = pid % H
+    msz1 = D * R if DEPTH == 2 else D * D
+    msz2 = R * D if DEPTH == 2 else 1
+    w1 = W1 + pid * G * msz1
+    w2 = W2 + pid * G * msz2
+    m1 = M1 + pid * G * msz1
+    m2 = M2 + pid * G * msz2
+    tok = pid * L * D
+    beta_b = tl.load(BETA_B + h).to(CDT) if IDX_ETA >= 0 else 0.0
+    balpha_b = tl.load(BALPHA + h).to(CDT) if IDX_ALPHA >= 0 else 0.0
+    keep_stride = L * D * tl.num_programs(0).to(tl.int64)
+    for j in range(n_chunks):
+        t0 = j * C
+        n = tl.minimum(C, L - t0)
+        if SAVE_CK:
+            if j % NR == 0:
+                ck = (pid * NCK + j // NR) * G
+                _copy_state(w1, w2, m1, m2, CK1 + ck * msz1, CK2 + ck * msz2, CKM1 + ck * msz1, CKM2 + ck * msz2,
+                            D, R, G, BD, BR, DEPTH)
+        k, v, eta, la, y = _chunk_read(
+            X + tok + t0 * D, Q + tok + t0 * D, KIN + tok + t0 * D, VIN + tok + t0 * D, ETAIN + pid * L + t0,
+            LAIN + pid * L + t0, KEEP + tok + t0 * D, keep_stride, WETA + h * D, beta_b, WALPHA + h * D, balpha_b,
+            w1, w2, n, eta_max, inv_keep, D, R, BC, BD, BR, G, DEPTH, IDX_K, IDX_V, IDX_ETA, IDX_ALPHA, HAS_LAIN,
+            DROP, CDT, PREC)
+        _put_rows(Y + tok + t0 * D, y, n, D, BC, BD)
+        if STORE_PENDING:
+            if j == n_chunks - 1:
+                if n < C:                                        # the open chunk's tokens (hope_math §7.2)
+                    _put_rows(PK + pid * C * D, k, n, D, BC, BD)
+                    _put_rows(PV + pid * C * D, v, n, D, BC, BD)
+                    _put_vec(PETA + pid * C, eta, n, BC)
+                    _put_vec(PLA + pid * C, la, n, BC)
+        if j < n_writes:
+            _chunk_write(k, v, eta, la, n, BPOW, w1, w2, m1, m2, w1, w2, m1, m2,
+                         CLIPF + j * G * tl.num_programs(0) + pid, tl.num_programs(0), clip, D, R, BC, BD, BR,
+                         LOG2BC, G, DEPTH, SELF, DGD, MOM, CLIP_ON, STORE_F, PREC)
+        tl.debug_barrier()
+
+
+@triton.jit
+def _titans_bwd_kernel(
+        X, Q, KIN, VIN, ETAIN, LAIN, KEEP, WETA, BETA_B, WALPHA, BALPHA, BPOW,
+        CK1, CK2, CKM1, CKM2, S1, S2, SM1, SM2, GS1, GS2, GSM1, GSM2,
+        DY, GPK, GPV, GPETA, GPLA,
+        DX, DQ, DKIN, DVIN, DETAIN, DLAIN, DWETA, DBETA, DWALPHA, DBALPHA,
+        L, C, H, n_chunks, n_writes, NR, NCK, eta_max, clip, inv_keep,
+        D: tl.constexpr, R: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr, BR: tl.constexpr,
+        LOG2BC: tl.constexpr, G: tl.constexpr, DEPTH: tl.constexpr, SELF: tl.constexpr, DGD: tl.constexpr,
+        MOM: tl.constexpr, CLIP_ON: tl.constexpr, DROP: tl.constexpr, IDX_K: tl.constexpr, IDX_V: tl.constexpr,
+        IDX_ETA: tl.constexpr, IDX_ALPHA: tl.constexpr, HAS_LAIN: tl.constexpr, HAS_GPEND: tl.constexpr,
+        CDT: tl.constexpr, PREC: tl.constexpr):
+    """Backward of _titans_fwd_kernel for one (sequence, head); GS* enter holding ∂L/∂S_final, leave holding ∂L/∂S₀."""
+    pid = tl.program_id(0).to(tl.int64)
+    h = pid % H
+    msz1 = D * R if DEPTH == 2 else D * D
+    msz2 = R * D if DEPTH == 2 else 1
+    gs1 = GS1 + pid * G * msz1
+    gs2 = GS2 + pid * G * msz2
+    gsm1 = GSM1 + pid * G * msz1
+    gsm2 = GSM2 + pid * G * msz2
+    tok = pid * L * D
+    beta_b = tl.load(BETA_B + h).to(CDT) if IDX_ETA >= 0 else 0.0
+    balpha_b = tl.load(BALPHA + h).to(CDT) if IDX_ALPHA >= 0 else 0.0
+    keep_stride = L * D * tl.num_programs(0).to(tl.int64)
+    c = tl.arange(0, BD)
+    t = tl.arange(0, BC)
+    acc_weta = tl.zeros([BD], dtype=CDT)
+    acc_walpha = tl.zeros([BD], dtype=CDT)
+    acc_beta = tl.sum(acc_weta, axis=0)
+    acc_balpha = acc_beta
+    n_seg = (n_chunks + NR - 1) // NR
+    for sg in range(n_seg):
+        seg = n_seg - 1 - sg
+        j0 = seg * NR
+        n_in = tl.minimum(NR, n_chunks - j0)
+        ck = (pid * NCK + seg) * G
+        sb = pid * NR * G
+        _copy_state(CK1 + ck * msz1, CK2 + ck * msz2, CKM1 + ck * msz1, CKM2 + ck * msz2,
+                    S1 + sb * msz1, S2 + sb * msz2, SM1 + sb * msz1, SM2 + sb * msz2, D, R, G, BD, BR, DEPTH)
+        tl.debug_barrier()
+        for jj in range(n_in - 1):                               # boundary states of the segment, recomputed
+            j = j0 + jj
+            t0 = j * C
+            n = tl.minimum(C, L - t0)
+            src = sb + jj * G
+            dst = src + G
+            k, v, eta, la, _ = _chunk_read(
+                X + tok + t0 * D, Q + tok + t0 * D, KIN + tok + t0 * D, VIN + tok + t0 * D, ETAIN + pid * L + t0,
+                LAIN + pid * L + t0, KEEP + tok + t0 * D, keep_stride, WETA + h * D, beta_b, WALPHA + h * D,
+                balpha_b, S1 + src * msz1, S2 + src * msz2, n, eta_max, inv_keep, D, R, BC, BD, BR, G, DEPTH,
+                IDX_K, IDX_V, IDX_ETA, IDX_ALPHA, HAS_LAIN, DROP, CDT, PREC)
+            _chunk_write(k, v, eta, la, n, BPOW, S1 + src * msz1, S2 + src * msz2, SM1 + src * msz1,
+                         SM2 + src * msz2, S1 + dst * msz1, S2 + dst * msz2, SM1 + dst * msz1, SM2 + dst * msz2,
+                         BPOW, 0, clip, D, R, BC, BD, BR, LOG2BC, G, DEPTH, SELF, DGD, MOM, CLIP_ON, False, PREC)
+            tl.debug_barrier()
+        for jr in range(n_in):                                   # the segment's chunks, last first
+            jj = n_in - 1 - jr
+            j = j0 + jj
+            t0 = j * C
+            n = tl.minimum(C, L - t0)
+            src = sb + jj * G
+            sw1 = S1 + src * msz1
+            sw2 = S2 + src * msz2
+            k, v, eta, la, _ = _chunk_read(
+                X + tok + t0 * D, Q + tok + t0 * D, KIN + tok + t0 * D, VIN + tok + t0 * D, ETAIN + pid * L + t0,
+                LAIN + pid * L + t0, KEEP + tok + t0 * D, keep_stride, WETA + h * D, beta_b, WALPHA + h * D,
+                balpha_b, sw1, sw2, n, eta_max, inv_keep, D, R, BC, BD, BR, G, DEPTH, IDX_K, IDX_V, IDX_ETA,
+                IDX_ALPHA, HAS_LAIN, DROP, CDT, PREC)
+            g_k = k * 0.0
+            g_v = k * 0.0
+            g_eta = eta * 0.0
+            g_la = eta * 0.0
+            if j < n_writes:
+                g_k, g_v, g_eta, g_la = _chunk_write_bwd(
+                    k, v, eta, la, n, BPOW, sw1, sw2, SM1 + src * msz1, SM2 + src * msz2, gs1, gs2, gsm1, gsm2,
+                    clip, D, R, BC, BD, BR, LOG2BC, G, DEPTH, SELF, DGD, MOM, CLIP_ON, PREC)
+                tl.debug_barrier()
+            if HAS_GPEND:
+                if j == n_chunks - 1:
+                    if n < C:                                    # gradients into the returned pending tokens
+                        g_k += _rows(GPK + pid * C * D, n, D, BC, BD, CDT)
+                        g_v += _rows(GPV + pid * C * D, n, D, BC, BD, CDT)
+                        g_eta += _vec(GPETA + pid * C, n, BC, CDT)
+                        g_la += _vec(GPLA + pid * C, n, BC, CDT)
+            # ---- the reads (hope_math §2.3, §2.6) at S_j: roles first, then each memory's MLP
+            x = _rows(X + tok + t0 * D, n, D, BC, BD, CDT)
+            q = _rows(Q + tok + t0 * D, n, D, BC, BD, CDT)
+            g_x = x * 0.0
+            g_q = x * 0.0
+            for gi in tl.static_range(G):
+                z = q if gi == G - 1 else x
+                dropped = DROP and gi < G - 1
+                keep = x * 0.0
+                if dropped:
+                    keep = _rows(KEEP + tok + t0 * D + gi * keep_stride, n, D, BC, BD, CDT)
+                if DEPTH == 2:
+                    wt1 = _tile(sw1 + gi * D * R, D, R, BD, BR)
+                    wt2 = _tile(sw2 + gi * R * D, R, D, BR, BD)
+                    o = _read(z, wt1, wt2, keep, inv_keep, dropped, PREC)
+                else:
+                    wt1 = _tile(sw1 + gi * D * D, D, D, BD, BD)
+                    wt2 = wt1
+                    o = _read_linear(z, wt1, keep, inv_keep, dropped, PREC)
+                g_o = o * 0.0
+                if gi == IDX_K:
+                    nk, rk = _rownorm(o)
+                    g_o = _l2norm_bwd(g_k, o, nk, rk)
+                if gi == IDX_V:
+                    g_o = g_v
+                if gi == IDX_ETA:
+                    w = tl.load(WETA + h * D + c, mask=c < D, other=0).to(CDT)
+                    sg_ = tl.sigmoid(tl.sum(o * w[None, :], axis=1) + beta_b)
+                    g_s = tl.where(t < n, g_eta * eta_max * sg_ * (1.0 - sg_), 0.0)   # η = η_max s(w·o + b)
+                    g_o = g_s[:, None] * w[None, :]
+                    acc_weta += tl.sum(g_s[:, None] * o, axis=0)
+                    acc_beta += tl.sum(g_s, axis=0)
+                if gi == IDX_ALPHA:
+                    w = tl.load(WALPHA + h * D + c, mask=c < D, other=0).to(CDT)
+                    g_s = tl.where(t < n, g_la * (1.0 - tl.sigmoid(tl.sum(o * w[None, :], axis=1) + balpha_b)),
+                                   0.0)                                          # d logsigmoid(s)/ds = 1 − s(s)
+                    g_o = g_s[:, None] * w[None, :]
+                    acc_walpha += tl.sum(g_s[:, None] * o, axis=0)
+                    acc_balpha += tl.sum(g_s, axis=0)
+                if gi == G - 1:
+                    g_o = _rows(DY + tok + t0 * D, n, D, BC, BD, CDT)
+                if DEPTH == 2:
+                    g_z, gw1, gw2 = _read_bwd(g_o, z, wt1, wt2, keep, inv_keep, dropped, PREC)
+                    _put(gs1 + gi * D * R, _tile(gs1 + gi * D * R, D, R, BD, BR) + gw1, D, R, BD, BR)
+                    _put(gs2 + gi * R * D, _tile(gs2 + gi * R * D, R, D, BR, BD) + gw2, R, D, BR, BD)
+                else:
+                    g_z, gw1 = _read_linear_bwd(g_o, z, wt1, keep, inv_keep, dropped, PREC)
+                    _put(gs1 + gi * D * D, _tile(gs1 + gi * D * D, D, D, BD, BD) + gw1, D, D, BD, BD)
+                if gi == G - 1:
+                    g_q += g_z
+                else:
+                    g_x += g_z
+            _put_rows(DQ + tok + t0 * D, g_q, n, D, BC, BD)
+            if G > 1:
+                _put_rows(DX + tok + t0 * D, g_x, n, D, BC, BD)
+            if IDX_K < 0:
+                _put_rows(DKIN + tok + t0 * D, g_k, n, D, BC, BD)
+            if IDX_V < 0:
+                _put_rows(DVIN + tok + t0 * D, g_v, n, D, BC, BD)
+            if IDX_ETA < 0:
+                _put_vec(DETAIN + pid * L + t0, g_eta, n, BC)
+            if IDX_ALPHA < 0:
+                if HAS_LAIN:
+                    _put_vec(DLAIN + pid * L + t0, g_la, n, BC)
+            tl.debug_barrier()
+    if IDX_ETA >= 0:
+        tl.store(DWETA + pid * D + c, acc_weta, mask=c < D)
+        tl.store(DBETA + pid, acc_beta)
+    if IDX_ALPHA >= 0:
+        tl.store(DWALPHA + pid * D + c, acc_walpha, mask=c < D)
+        tl.store(DBALPHA + pid, acc_balpha)
