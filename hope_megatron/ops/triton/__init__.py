@@ -95,7 +95,7 @@ def saved_bytes(cfg, batch: int, heads: int, length: int, head_dim: int, input_b
     if training and cfg.update_dropout > 0:
         per_token += n_proj * d                                                        # uint8 keep-masks
     chunks = -(-length // cfg.mem_chunk)
-    kept = -(-chunks // checkpoint_every(chunks)) + 1
+    kept = -(-chunks // checkpoint_every(chunks))                                   # S₀, S_{n_r}, S_{2n_r}, …
     mats = (2 if cfg.memory_depth == 2 else 1) * (2 if cfg.momentum else 1)
     state = len(cfg.memory_names()) * mats * d * (rd if cfg.memory_depth == 2 else d) * 4
     return tokens * per_token + kept * batch * heads * state

@@ -22,7 +22,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-EPS = 1e-6  # ε of ẑ = z / max(‖z‖, ε), memory_mlp.EPS (hope_math §1)
+EPS = tl.constexpr(1e-6)  # ε of ẑ = z / max(‖z‖, ε), memory_mlp.EPS (hope_math §1)
 
 
 @triton.jit
@@ -323,8 +323,8 @@ def _boundary_fwd(k, v, w1, w2, SELF: tl.constexpr, PREC: tl.constexpr):
     e = 2.0 * (k + b - v_hat)                                     # e = 2(M(k) − v̂)
     c = _mm(e, w1, PREC)                                          # W₁ᵀe         [BC, BR]
     delta = c * _dsilu(a)
-    nh, _ = _rownorm(h)
-    nk, _ = _rownorm(k)
+    nh, _rh = _rownorm(h)
+    nk, _rk = _rownorm(k)
     return (nh[:, None] * e, h / nh[:, None], b / nh[:, None],
             nk[:, None] * delta, k / nk[:, None], a / nk[:, None])
 
@@ -388,7 +388,7 @@ def _boundary_fwd_linear(k, v, w, SELF: tl.constexpr, PREC: tl.constexpr):
     mk = _mm_nt(k, w, PREC)
     v_hat = _mm_nt(v, w, PREC) if SELF else v
     e = 2.0 * (mk - v_hat)
-    nk, _ = _rownorm(k)
+    nk, _rk = _rownorm(k)
     return nk[:, None] * e, k / nk[:, None], mk / nk[:, None]
 
 

@@ -89,8 +89,16 @@ class _Spec:
         return (self.L, self.C, self.H, self.n_chunks, self.n_writes, self.nr, self.nck, self.eta_max, clip,
                 self.inv_keep)
 
-    def num_warps(self) -> int:
-        return 4 if _pow2(max(self.D, self.R)) <= 32 else 8
+    def launch_options(self) -> dict:
+        # num_stages=1: the chunk loops are sequential, and software pipelining would multi-buffer every state tile
+        # in shared memory (measured: the backward then needs 292 KB at d_h = 64, more than any GPU has).
+        return dict(num_warps=4 if _pow2(max(self.D, self.R)) <= 32 else 8, num_stages=1)
+
+    def signature(self) -> tuple:
+        """What selects a compiled kernel (the constexprs and launch options), for the resource check's cache."""
+        return (self.D, self.R, self.C, self.G, self.depth, self.self_target, self.dgd, self.momentum,
+                math.isfinite(self.clip), self.dropout, self.idx_k, self.idx_v, self.idx_eta, self.idx_alpha,
+                self.has_lain, self.dtype, self.precision)
 
 
 def _dummy(like: torch.Tensor, dtype=None) -> torch.Tensor:
@@ -125,7 +133,7 @@ class _TitansTriton(torch.autograd.Function):
         bpow = spec_bpow(spec, dev)
         kernels._titans_fwd_kernel[(P,)](
             x, q, *ins, keep_t, *ro, bpow, *state, *ck, y, *pend, clipf, *spec.scalars(),
-            SAVE_CK=save, STORE_PENDING=spec.store_pending, STORE_F=spec.store_f, num_warps=spec.num_warps(),
+            SAVE_CK=save, STORE_PENDING=spec.store_pending, STORE_F=spec.store_f, **spec.launch_options(),
             **spec.constexprs(tl))
         LAUNCHES["titans_fwd"] += 1
         ctx.spec = spec
@@ -172,7 +180,7 @@ class _TitansTriton(torch.autograd.Function):
         kernels._titans_bwd_kernel[(P,)](
             x, q, *[opt(t) for t in (kin, vin, etain, lain)], keep_t, *[opt(t) for t in (weta, beta_b, walpha, balpha)],
             spec_bpow(spec, dev), *cks, *seg, *gs, dy, *gpend, opt(dx), dq, *[opt(t) for t in din],
-            *[opt(t) for t in dro], *spec.scalars(), HAS_GPEND=has_gpend, num_warps=spec.num_warps(),
+            *[opt(t) for t in dro], *spec.scalars(), HAS_GPEND=has_gpend, **spec.launch_options(),
             **spec.constexprs(tl))
         LAUNCHES["titans_bwd"] += 1
         b = spec.B
@@ -274,6 +282,18 @@ def run(x, q, params, cfg, static, state, return_state: bool, training: bool,
                  store_pending=bool(return_state and names and length % C),
                  store_f=stats is not None and math.isfinite(cfg.inner_clip) and n_writes > 0,
                  dtype=cdt, precision=_precision(x))
+    if x.is_cuda:
+        problem = gpu_resources_problem(spec, x)
+        if problem is not None:
+            from . import log_fallback
+            log_fallback(problem)
+            with record_clip_scales(stats):
+                out = _titans_memory_torch(x, q, params, cfg, static, state, return_state, "chunked", training)
+            if y_head is None:
+                return out
+            y_rest = out[0] if return_state else out
+            y = torch.cat([y_head, y_rest], dim=2)
+            return (y, out[1]) if return_state else y
     readouts = [p.get("eta_readout"), p.get("eta_bias"), p.get("alpha_readout"), p.get("alpha_bias")]
     if spec.idx_eta < 0:
         readouts[0] = readouts[1] = None
@@ -312,3 +332,34 @@ def run(x, q, params, cfg, static, state, return_state: bool, training: bool,
             pending = {c: t[:, :, length - keep_n:] for c, t in kv.items()}
     base = state if state is not None else TitansState({}, {}, 0, {})
     return y, TitansState(dict(base.weights, **weights), dict(base.momentum, **momentum), end, pending)
+
+
+_RESOURCES: Dict[tuple, Optional[str]] = {}
+
+
+def gpu_resources_problem(spec: _Spec, x: torch.Tensor) -> Optional[str]:
+    """None when both kernels of this configuration compile and load on x's GPU, else why not (e.g. more shared memory
+    than the device has: measured 100 KB for the backward at d_h = 64, 324 KB at d_h = 128). Checked once per
+    configuration and device before the first forward, because a backward that cannot launch cannot fall back."""
+    key = (spec.signature(), x.dtype, x.device)
+    if key in _RESOURCES:
+        return _RESOURCES[key]
+    triton, tl, kernels = _triton()
+    cdt, u8 = spec.dtype, torch.uint8
+    consts = dict(spec.constexprs(tl), **spec.launch_options())
+    problem = None
+    try:
+        fwd = kernels._titans_fwd_kernel.warmup(
+            x.dtype, x.dtype, cdt, cdt, cdt, cdt, u8, cdt, cdt, cdt, cdt, cdt, cdt, cdt, cdt, cdt, cdt, cdt, cdt, cdt,
+            x.dtype, cdt, cdt, cdt, cdt, cdt, *spec.scalars(), grid=(spec.nprog,), SAVE_CK=True,
+            STORE_PENDING=spec.store_pending, STORE_F=spec.store_f, **consts)
+        fwd._init_handles()
+        bwd = kernels._titans_bwd_kernel.warmup(
+            x.dtype, x.dtype, cdt, cdt, cdt, cdt, u8, cdt, cdt, cdt, cdt, cdt, cdt, cdt, cdt, cdt, cdt, cdt, cdt, cdt,
+            cdt, cdt, cdt, cdt, x.dtype, cdt, cdt, cdt, cdt, x.dtype, x.dtype, cdt, cdt, cdt, cdt, cdt, cdt, cdt, cdt,
+            *spec.scalars(), grid=(spec.nprog,), HAS_GPEND=spec.store_pending, **consts)
+        bwd._init_handles()
+    except Exception as e:  # noqa: BLE001 - any compile or load failure means: run the chunked form
+        problem = f"the kernels for this shape do not load on {torch.cuda.get_device_name(x.device)} ({e})".strip()
+    _RESOURCES[key] = problem
+    return problem

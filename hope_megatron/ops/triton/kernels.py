@@ -124,7 +124,7 @@ def _chunk_read(x_ptr, q_ptr, kin_ptr, vin_ptr, etain_ptr, lain_ptr, keep_ptr, k
         else:
             o = _read_linear(z, _tile(w1_ptr + gi * D * D, D, D, BD, BD), keep, inv_keep, dropped, PREC)
         if gi == IDX_K:
-            nk, _ = _rownorm(o)
+            nk, _rko = _rownorm(o)
             k = o / nk[:, None]                                  # k = ℓ2norm(M_k(x̃))
         if gi == IDX_V:
             v = o                                                # v = M_v(x̃)
@@ -149,7 +149,7 @@ def _chunk_write(k, v, eta, la, n, bpow_ptr, src_w1, src_w2, src_m1, src_m2, dst
                  PREC: tl.constexpr):
     """S_j → S_{j+1} for every memory of the group (src may equal dst: each memory is read before it is written)."""
     c_u, c_w, c_m, p, q, e_out, k_out, g, r, mw, beta_n = _gates(eta, la, n, bpow_ptr, BC, DGD, MOM, PREC)
-    nk, _ = _rownorm(k)
+    nk, _rk = _rownorm(k)
     khat = k / nk[:, None]
     s2 = _mm_nt(khat, khat, PREC)                               # k̂ is shared by every memory's W₂ (hope_math §3.2)
     inv2 = s2
@@ -166,14 +166,15 @@ def _chunk_write(k, v, eta, la, n, bpow_ptr, src_w1, src_w2, src_m1, src_m2, dst
             inv1 = s1
             if DGD:
                 inv1 = _unit_lower_inverse(p * s1, BC, LOG2BC, PREC)
-            d1, m1n, _, _ = _step_fwd(u1, z1, zw1, w1, m1, s1, inv1, c_u, c_w, c_m, q, e_out, k_out, g, r, mw,
+            d1, m1n, _r1, _zm1 = _step_fwd(u1, z1, zw1, w1, m1, s1, inv1, c_u, c_w, c_m, q, e_out, k_out, g, r, mw,
                                       beta_n, DGD, MOM, PREC)
-            d2, m2n, _, _ = _step_fwd(u2, z2, zw2, w2, m2, s2, inv2, c_u, c_w, c_m, q, e_out, k_out, g, r, mw,
+            d2, m2n, _r2, _zm2 = _step_fwd(u2, z2, zw2, w2, m2, s2, inv2, c_u, c_w, c_m, q, e_out, k_out, g, r, mw,
                                       beta_n, DGD, MOM, PREC)
             f = tl.sum(tl.sum(d1 * d1, axis=1), axis=0) * 0.0 + 1.0
             if CLIP_ON:                                          # ‖(Δ₁, Δ₂)‖_F per memory (hope_math §2.5, §10 #10)
                 sq = tl.sum(tl.sum(d1 * d1, axis=1), axis=0) + tl.sum(tl.sum(d2 * d2, axis=1), axis=0)
                 f = tl.minimum(clip / tl.sqrt(tl.maximum(sq, 1e-30)), 1.0)
+            tl.debug_barrier()                                   # src may be dst: all warps have read S_j
             _put(dst_w1 + gm * D * R, w1 + f * d1, D, R, BD, BR)
             _put(dst_w2 + gm * R * D, w2 + f * d2, R, D, BR, BD)
             _put(dst_m1 + gm * D * R, m1n, D, R, BD, BR)
@@ -182,15 +183,47 @@ def _chunk_write(k, v, eta, la, n, bpow_ptr, src_w1, src_w2, src_m1, src_m2, dst
             w = _tile(src_w1 + gm * D * D, D, D, BD, BD)
             m = _tile(src_m1 + gm * D * D, D, D, BD, BD)
             u, z, zw = _boundary_fwd_linear(k, v, w, SELF, PREC)
-            d, mn, _, _ = _step_fwd(u, z, zw, w, m, s2, inv2, c_u, c_w, c_m, q, e_out, k_out, g, r, mw, beta_n,
+            d, mn, _rr, _zm = _step_fwd(u, z, zw, w, m, s2, inv2, c_u, c_w, c_m, q, e_out, k_out, g, r, mw, beta_n,
                                     DGD, MOM, PREC)
             f = tl.sum(tl.sum(d * d, axis=1), axis=0) * 0.0 + 1.0
             if CLIP_ON:
                 f = tl.minimum(clip / tl.sqrt(tl.maximum(tl.sum(tl.sum(d * d, axis=1), axis=0), 1e-30)), 1.0)
+            tl.debug_barrier()
             _put(dst_w1 + gm * D * D, w + f * d, D, D, BD, BD)
             _put(dst_m1 + gm * D * D, mn, D, D, BD, BD)
         if STORE_F:
             tl.store(clipf_ptr + gm * clipf_stride, f)
+
+
+@triton.jit
+def _fro(a, b):
+    return tl.sum(tl.sum(a * b, axis=1), axis=0)
+
+
+@triton.jit
+def _layer_bwd(w_ptr, m_ptr, gw_ptr, gm_ptr, d, f, coef, u, z, zw, s, p, inv, rr, zm, c_u, c_w, c_m, q, e_out,
+               k_out, g, r, mw, beta_n, O, I, BO: tl.constexpr, BI: tl.constexpr, BC: tl.constexpr,
+               DGD: tl.constexpr, MOM: tl.constexpr, CLIP_ON: tl.constexpr, PREC: tl.constexpr):
+    """One layer's share of the write's backward: the clip (W' = W + fΔ), the chunk step, and the state-sized
+    results stored at once (G_m, and G_W = G_W' + g·G_Δ before the boundary terms' share), so that few state-sized
+    tiles are alive at a time. Returns the small gradients and this layer's ⟨G_Δ, W⟩, −⟨G_Δ, m⟩."""
+    gwn = _tile(gw_ptr, O, I, BO, BI)
+    gd = gwn
+    if CLIP_ON:
+        gd = f * gwn - coef * d                                  # −Δ̃⟨G_W', Δ̃⟩/(c‖Δ‖) where active (coef = 0 else)
+    w = _tile(w_ptr, O, I, BO, BI)
+    m = _tile(m_ptr, O, I, BO, BI)
+    a_g = _fro(gd, w)
+    a_r = a_g * 0.0
+    if MOM:
+        a_r = -_fro(gd, m)
+    gmn = _tile(gm_ptr, O, I, BO, BI)
+    gu, gz, gzw, gm_out, cu, cw, cm, gp, gq, eo, ko = _step_bwd(
+        gd, gmn, u, z, zw, m, s, p, inv, rr, zm, c_u, c_w, c_m, q, e_out, k_out, r, mw, beta_n, BC, DGD, MOM, PREC)
+    tl.debug_barrier()                                           # every warp has read G_W', G_m' before they are overwritten
+    _put(gm_ptr, gm_out, O, I, BO, BI)
+    _put(gw_ptr, gwn + g * gd, O, I, BO, BI)
+    return gu, gz, gzw, cu, cw, cm, gp, gq, eo, ko, a_g, a_r
 
 
 @triton.jit
@@ -199,7 +232,9 @@ def _chunk_write_bwd(k, v, eta, la, n, bpow_ptr, src_w1, src_w2, src_m1, src_m2,
                      G: tl.constexpr, DEPTH: tl.constexpr, SELF: tl.constexpr, DGD: tl.constexpr, MOM: tl.constexpr,
                      CLIP_ON: tl.constexpr, PREC: tl.constexpr):
     """Backward of _chunk_write. gs_* hold ∂L/∂S_{j+1} on entry and the write's share of ∂L/∂S_j on exit (the reads'
-    share is added by the caller). Returns (G_k, G_v, G_η, G_logα) of the chunk's tokens."""
+    share is added by the caller). Returns (G_k, G_v, G_η, G_logα) of the chunk's tokens. Per memory, in phases that
+    keep few state-sized tiles alive: (A) forward again up to Δ and the clip's scalars, (B, C) each layer's backward
+    with its state-sized results stored at once, (D) the boundary terms' backward added to G_W₁, G_W₂."""
     c_u, c_w, c_m, p, q, e_out, k_out, g, r, mw, beta_n = _gates(eta, la, n, bpow_ptr, BC, DGD, MOM, PREC)
     nk, rk = _rownorm(k)
     khat = k / nk[:, None]
@@ -220,40 +255,32 @@ def _chunk_write_bwd(k, v, eta, la, n, bpow_ptr, src_w1, src_w2, src_m1, src_m2,
     a_r = a_g
     for gm in range(G):
         if DEPTH == 2:
-            w1 = _tile(src_w1 + gm * D * R, D, R, BD, BR)
-            w2 = _tile(src_w2 + gm * R * D, R, D, BR, BD)
-            m1 = _tile(src_m1 + gm * D * R, D, R, BD, BR)
-            m2 = _tile(src_m2 + gm * R * D, R, D, BR, BD)
-            gw1n = _tile(gs_w1 + gm * D * R, D, R, BD, BR)
-            gw2n = _tile(gs_w2 + gm * R * D, R, D, BR, BD)
-            gm1n = _tile(gs_m1 + gm * D * R, D, R, BD, BR)
-            gm2n = _tile(gs_m2 + gm * R * D, R, D, BR, BD)
+            o1 = gm * D * R
+            o2 = gm * R * D
+            # (A) the write again, up to Δ₁, Δ₂ and the clip's scalars
+            w1 = _tile(src_w1 + o1, D, R, BD, BR)
+            w2 = _tile(src_w2 + o2, R, D, BR, BD)
             u1, z1, zw1, u2, z2, zw2 = _boundary_fwd(k, v, w1, w2, SELF, PREC)
             s1 = _mm_nt(z1, z1, PREC)
             inv1 = s1
             if DGD:
                 inv1 = _unit_lower_inverse(p * s1, BC, LOG2BC, PREC)
-            d1, _, r1, zm1 = _step_fwd(u1, z1, zw1, w1, m1, s1, inv1, c_u, c_w, c_m, q, e_out, k_out, g, r, mw,
-                                       beta_n, DGD, MOM, PREC)
-            d2, _, r2, zm2 = _step_fwd(u2, z2, zw2, w2, m2, s2, inv2, c_u, c_w, c_m, q, e_out, k_out, g, r, mw,
-                                       beta_n, DGD, MOM, PREC)
-            gd1 = gw1n
-            gd2 = gw2n
+            d1, _m1n, r1, zm1 = _step_fwd(u1, z1, zw1, w1, _tile(src_m1 + o1, D, R, BD, BR), s1, inv1, c_u, c_w,
+                                          c_m, q, e_out, k_out, g, r, mw, beta_n, DGD, MOM, PREC)
+            d2, _m2n, r2, zm2 = _step_fwd(u2, z2, zw2, w2, _tile(src_m2 + o2, R, D, BR, BD), s2, inv2, c_u, c_w,
+                                          c_m, q, e_out, k_out, g, r, mw, beta_n, DGD, MOM, PREC)
+            f = a_g * 0.0 + 1.0
+            coef = a_g * 0.0
             if CLIP_ON:
-                # W' = W + fΔ; where the clip is active (‖Δ‖ > c) f = c/‖Δ‖ adds −Δ̃⟨G_W', Δ̃⟩/(c‖Δ‖), Δ̃ = fΔ
-                sq = tl.sum(tl.sum(d1 * d1, axis=1), axis=0) + tl.sum(tl.sum(d2 * d2, axis=1), axis=0)
-                nrm = tl.sqrt(tl.maximum(sq, 1e-30))
+                # W' = W + fΔ; where the clip is active (‖Δ‖ > c), f = c/‖Δ‖ adds −Δ̃⟨G_W', Δ̃⟩/(c‖Δ‖), Δ̃ = fΔ
+                nrm = tl.sqrt(tl.maximum(_fro(d1, d1) + _fro(d2, d2), 1e-30))
                 f = tl.minimum(clip / nrm, 1.0)
-                dot = f * (tl.sum(tl.sum(gw1n * d1, axis=1), axis=0) + tl.sum(tl.sum(gw2n * d2, axis=1), axis=0))
+                dot = f * (_fro(_tile(gs_w1 + o1, D, R, BD, BR), d1) + _fro(_tile(gs_w2 + o2, R, D, BR, BD), d2))
                 coef = tl.where(nrm > clip, dot / (clip * nrm), 0.0) * f
-                gd1 = f * gw1n - coef * d1
-                gd2 = f * gw2n - coef * d2
-            a_g += tl.sum(tl.sum(gd1 * w1, axis=1), axis=0) + tl.sum(tl.sum(gd2 * w2, axis=1), axis=0)
-            if MOM:
-                a_r -= tl.sum(tl.sum(gd1 * m1, axis=1), axis=0) + tl.sum(tl.sum(gd2 * m2, axis=1), axis=0)
-            gu1, gz1, gzw1, gm1, cu, cw, cm, gp, gq, eo, ko = _step_bwd(
-                gd1, gm1n, u1, z1, zw1, m1, s1, p, inv1, r1, zm1, c_u, c_w, c_m, q, e_out, k_out, r, mw, beta_n,
-                BC, DGD, MOM, PREC)
+            # (B) layer 1 (input ĥ), (C) layer 2 (input k̂, shared S₂ and inverse)
+            gu1, gz1, gzw1, cu, cw, cm, gp, gq, eo, ko, lg, lr = _layer_bwd(
+                src_w1 + o1, src_m1 + o1, gs_w1 + o1, gs_m1 + o1, d1, f, coef, u1, z1, zw1, s1, p, inv1, r1, zm1,
+                c_u, c_w, c_m, q, e_out, k_out, g, r, mw, beta_n, D, R, BD, BR, BC, DGD, MOM, CLIP_ON, PREC)
             a_cu += cu
             a_cw += cw
             a_cm += cm
@@ -261,9 +288,11 @@ def _chunk_write_bwd(k, v, eta, la, n, bpow_ptr, src_w1, src_w2, src_m1, src_m2,
             a_q += gq
             a_eout += eo
             a_kout += ko
-            gu2, gz2, gzw2, gm2, cu, cw, cm, gp, gq, eo, ko = _step_bwd(
-                gd2, gm2n, u2, z2, zw2, m2, s2, p, inv2, r2, zm2, c_u, c_w, c_m, q, e_out, k_out, r, mw, beta_n,
-                BC, DGD, MOM, PREC)
+            a_g += lg
+            a_r += lr
+            gu2, gz2, gzw2, cu, cw, cm, gp, gq, eo, ko, lg, lr = _layer_bwd(
+                src_w2 + o2, src_m2 + o2, gs_w2 + o2, gs_m2 + o2, d2, f, coef, u2, z2, zw2, s2, p, inv2, r2, zm2,
+                c_u, c_w, c_m, q, e_out, k_out, g, r, mw, beta_n, R, D, BR, BD, BC, DGD, MOM, CLIP_ON, PREC)
             a_cu += cu
             a_cw += cw
             a_cm += cm
@@ -271,33 +300,31 @@ def _chunk_write_bwd(k, v, eta, la, n, bpow_ptr, src_w1, src_w2, src_m1, src_m2,
             a_q += gq
             a_eout += eo
             a_kout += ko
-            gk, gv, gw1, gw2 = _boundary_bwd(k, v, w1, w2, gu1, gz1, gzw1, gu2, gz2, gzw2, SELF, PREC)
+            a_g += lg
+            a_r += lr
+            # (D) the boundary terms: G_k, G_v and their share of G_W₁, G_W₂
+            gk, gv, gw1, gw2 = _boundary_bwd(k, v, _tile(src_w1 + o1, D, R, BD, BR), _tile(src_w2 + o2, R, D, BR, BD),
+                                             gu1, gz1, gzw1, gu2, gz2, gzw2, SELF, PREC)
             g_k += gk
             g_v += gv
-            _put(gs_w1 + gm * D * R, gw1n + g * gd1 + gw1, D, R, BD, BR)   # G_W = G_W' + g G_Δ + boundary terms
-            _put(gs_w2 + gm * R * D, gw2n + g * gd2 + gw2, R, D, BR, BD)
-            _put(gs_m1 + gm * D * R, gm1, D, R, BD, BR)
-            _put(gs_m2 + gm * R * D, gm2, R, D, BR, BD)
+            tl.debug_barrier()
+            _put(gs_w1 + o1, _tile(gs_w1 + o1, D, R, BD, BR) + gw1, D, R, BD, BR)
+            _put(gs_w2 + o2, _tile(gs_w2 + o2, R, D, BR, BD) + gw2, R, D, BR, BD)
         else:
-            w = _tile(src_w1 + gm * D * D, D, D, BD, BD)
-            m = _tile(src_m1 + gm * D * D, D, D, BD, BD)
-            gwn = _tile(gs_w1 + gm * D * D, D, D, BD, BD)
-            gmn = _tile(gs_m1 + gm * D * D, D, D, BD, BD)
+            o1 = gm * D * D
+            w = _tile(src_w1 + o1, D, D, BD, BD)
             u, z, zw = _boundary_fwd_linear(k, v, w, SELF, PREC)
-            d, _, rr, zm = _step_fwd(u, z, zw, w, m, s2, inv2, c_u, c_w, c_m, q, e_out, k_out, g, r, mw, beta_n,
-                                     DGD, MOM, PREC)
-            gd = gwn
+            d, _mn, rr, zm = _step_fwd(u, z, zw, w, _tile(src_m1 + o1, D, D, BD, BD), s2, inv2, c_u, c_w, c_m, q,
+                                       e_out, k_out, g, r, mw, beta_n, DGD, MOM, PREC)
+            f = a_g * 0.0 + 1.0
+            coef = a_g * 0.0
             if CLIP_ON:
-                nrm = tl.sqrt(tl.maximum(tl.sum(tl.sum(d * d, axis=1), axis=0), 1e-30))
+                nrm = tl.sqrt(tl.maximum(_fro(d, d), 1e-30))
                 f = tl.minimum(clip / nrm, 1.0)
-                coef = tl.where(nrm > clip, f * tl.sum(tl.sum(gwn * d, axis=1), axis=0) / (clip * nrm), 0.0) * f
-                gd = f * gwn - coef * d
-            a_g += tl.sum(tl.sum(gd * w, axis=1), axis=0)
-            if MOM:
-                a_r -= tl.sum(tl.sum(gd * m, axis=1), axis=0)
-            gu, gz, gzw, gmm, cu, cw, cm, gp, gq, eo, ko = _step_bwd(
-                gd, gmn, u, z, zw, m, s2, p, inv2, rr, zm, c_u, c_w, c_m, q, e_out, k_out, r, mw, beta_n,
-                BC, DGD, MOM, PREC)
+                coef = tl.where(nrm > clip, f * _fro(_tile(gs_w1 + o1, D, D, BD, BD), d) / (clip * nrm), 0.0) * f
+            gu, gz, gzw, cu, cw, cm, gp, gq, eo, ko, lg, lr = _layer_bwd(
+                src_w1 + o1, src_m1 + o1, gs_w1 + o1, gs_m1 + o1, d, f, coef, u, z, zw, s2, p, inv2, rr, zm,
+                c_u, c_w, c_m, q, e_out, k_out, g, r, mw, beta_n, D, D, BD, BD, BC, DGD, MOM, CLIP_ON, PREC)
             a_cu += cu
             a_cw += cw
             a_cm += cm
@@ -305,11 +332,13 @@ def _chunk_write_bwd(k, v, eta, la, n, bpow_ptr, src_w1, src_w2, src_m1, src_m2,
             a_q += gq
             a_eout += eo
             a_kout += ko
-            gk, gv, gw = _boundary_bwd_linear(k, v, w, gu, gz, gzw, SELF, PREC)
+            a_g += lg
+            a_r += lr
+            gk, gv, gw = _boundary_bwd_linear(k, v, _tile(src_w1 + o1, D, D, BD, BD), gu, gz, gzw, SELF, PREC)
             g_k += gk
             g_v += gv
-            _put(gs_w1 + gm * D * D, gwn + g * gd + gw, D, D, BD, BD)
-            _put(gs_m1 + gm * D * D, gmm, D, D, BD, BD)
+            tl.debug_barrier()
+            _put(gs_w1 + o1, _tile(gs_w1 + o1, D, D, BD, BD) + gw, D, D, BD, BD)
     g_eta, g_la = _gates_bwd(eta, la, n, bpow_ptr, a_cu, a_cw, a_cm, a_p, a_q, a_eout, a_kout, a_g, a_r,
                              BC, DGD, MOM, PREC)
     return g_k, g_v, g_eta, g_la
@@ -414,7 +443,7 @@ def _titans_bwd_kernel(
             n = tl.minimum(C, L - t0)
             src = sb + jj * G
             dst = src + G
-            k, v, eta, la, _ = _chunk_read(
+            k, v, eta, la, _y = _chunk_read(
                 X + tok + t0 * D, Q + tok + t0 * D, KIN + tok + t0 * D, VIN + tok + t0 * D, ETAIN + pid * L + t0,
                 LAIN + pid * L + t0, KEEP + tok + t0 * D, keep_stride, WETA + h * D, beta_b, WALPHA + h * D,
                 balpha_b, S1 + src * msz1, S2 + src * msz2, n, eta_max, inv_keep, D, R, BC, BD, BR, G, DEPTH,
@@ -431,7 +460,7 @@ def _titans_bwd_kernel(
             src = sb + jj * G
             sw1 = S1 + src * msz1
             sw2 = S2 + src * msz2
-            k, v, eta, la, _ = _chunk_read(
+            k, v, eta, la, _y = _chunk_read(
                 X + tok + t0 * D, Q + tok + t0 * D, KIN + tok + t0 * D, VIN + tok + t0 * D, ETAIN + pid * L + t0,
                 LAIN + pid * L + t0, KEEP + tok + t0 * D, keep_stride, WETA + h * D, beta_b, WALPHA + h * D,
                 balpha_b, sw1, sw2, n, eta_max, inv_keep, D, R, BC, BD, BR, G, DEPTH, IDX_K, IDX_V, IDX_ETA,
