@@ -1,6 +1,14 @@
-"""Shared pytest set-up: markers for hardware-only tests, and the suite's wall time in the summary."""
+"""Shared pytest set-up: markers for hardware-only tests, and the suite's wall time in the summary.
 
+TRITON_INTERPRET=1 (unless set): the fused Triton kernels run under Triton's interpreter on CPU tensors. It must be set
+before anything imports triton (megatron-core does), because @triton.jit decides at import whether to interpret. On
+a GPU machine, `TRITON_INTERPRET=0 make test` runs them compiled instead.
+"""
+
+import os
 import time
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 

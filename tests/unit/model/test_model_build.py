@@ -108,6 +108,32 @@ def test_mixer_is_causal_and_returns_out_bias(mp_group):
     assert (out2[9:] - out[9:]).abs().max() > 1e-4
 
 
+def test_mixer_on_the_triton_kernels_equals_chunked(mp_group):
+    """The megatron mixer with titans_impl='triton' (the kernels under Triton's interpreter on CPU) against the chunked
+    form, fp32, at hope_math §8 row 5's tolerances: output ≤ 1e-5, every parameter gradient ≤ 1e-4."""
+    import dataclasses
+    import os
+
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+    pytest.importorskip("triton")
+    from hope_megatron.ops import triton as tri
+
+    if not tri.interpreting():
+        pytest.skip("set TRITON_INTERPRET=1 to run the kernels on CPU")
+    cfg, model = _build("hope")
+    mixer = model.decoder.layers[0].self_attention
+    x = torch.randn(SEQ, 2, cfg.hidden_size)
+    results = []
+    for impl in ("chunked", "triton"):
+        mixer.op_cfg = dataclasses.replace(mixer.op_cfg, impl=impl)
+        mixer.zero_grad()
+        out, _ = mixer(x)
+        (out * torch.cos(out.detach())).sum().backward()
+        results.append([out.detach()] + [p.grad.clone() for p in mixer.parameters()])
+    for i, (got, want) in enumerate(zip(results[1], results[0])):
+        assert (got - want).norm() <= (1e-5 if i == 0 else 1e-4) * want.norm(), i
+
+
 def test_unknown_backend_is_one_sentence(mp_group):
     from hope_megatron.layers.specs import get_backend
 

@@ -211,3 +211,26 @@ def test_kernels_compile_for_sm90_within_shared_memory():
     assert set(shared) == {"_titans_fwd_kernel", "_titans_bwd_kernel"}
     for name, nbytes in shared.items():
         assert 0 < nbytes <= 160 * 1024, (name, nbytes)
+
+
+def test_inference_mixer_streams_on_the_kernels():
+    """The plain-PyTorch mixer (hope_megatron.inference) with impl='triton': whole-sequence and streamed (two calls
+    with the state carried) outputs equal the chunked form's, fp32."""
+    import dataclasses
+
+    from hope_megatron.inference.layers import TitansMixer
+
+    torch.manual_seed(0)
+    op = TitansOpConfig(chunk_size=4, inner_clip=0.3)
+    mixer = TitansMixer({"memory_heads": 2, "memory_head_dim": 8, "hidden_size": 16, "add_bias_linear": False}, op)
+    with torch.no_grad():
+        mixer.conv_weight.normal_(0, 0.5)
+    h = torch.randn(2, 14, 16)
+    want, _ = mixer(h)
+    mixer.op_cfg = dataclasses.replace(op, impl="triton")
+    tri.LAUNCHES.clear()
+    got, _ = mixer(h)
+    first, state = mixer(h[:, :6])
+    second, _ = mixer(h[:, 6:], state)
+    assert tri.LAUNCHES["titans_fwd"] == 3
+    assert err(got, want) <= 1e-5 and err(torch.cat([first, second], dim=1), want) <= 1e-5
