@@ -210,9 +210,9 @@ def _precision(x: torch.Tensor) -> str:
 def run(x, q, params, cfg, static, state, return_state: bool, training: bool,
         stats: Optional[Dict[str, torch.Tensor]]):
     """titans_memory(..., impl="triton") for settings the kernels cover (ops/triton.unsupported returned None)."""
-    from ..titans import TitansState, _static_channels, _titans_memory_torch
+    from ..titans import _titans_memory_torch
 
-    bsz, heads, length, d = x.shape
+    length = x.shape[2]
     C = cfg.mem_chunk
     y_head = None
     if state is not None and state.position % C:
@@ -227,7 +227,27 @@ def run(x, q, params, cfg, static, state, return_state: bool, training: bool,
             return (y_head, state) if return_state else y_head
         x, q = cut(x, n0, length), cut(q, n0, length)
         static = {c: cut(t, n0, length) for c, t in (static or {}).items()}
-        length -= n0
+    problem = gpu_problem(cfg, x, training) if x.is_cuda else None
+    if problem is None:
+        out = _run_kernels(x, q, params, cfg, static, state, return_state, training, stats)
+    else:
+        from . import log_fallback
+        log_fallback(problem)
+        with record_clip_scales(stats):
+            out = _titans_memory_torch(x, q, params, cfg, static, state, return_state, "chunked", training)
+    if y_head is None:
+        return out
+    y = torch.cat([y_head, out[0] if return_state else out], dim=2)
+    return (y, out[1]) if return_state else y
+
+
+def _run_kernels(x, q, params, cfg, static, state, return_state: bool, training: bool,
+                 stats: Optional[Dict[str, torch.Tensor]]):
+    """The kernels' share of run(): the state starts at a chunk boundary."""
+    from ..titans import TitansState, _static_channels
+
+    bsz, heads, length, d = x.shape
+    C = cfg.mem_chunk
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
     names = cfg.projection_memories()
     group = names + ("mem",)
@@ -282,18 +302,6 @@ def run(x, q, params, cfg, static, state, return_state: bool, training: bool,
                  store_pending=bool(return_state and names and length % C),
                  store_f=stats is not None and math.isfinite(cfg.inner_clip) and n_writes > 0,
                  dtype=cdt, precision=_precision(x))
-    if x.is_cuda:
-        problem = gpu_resources_problem(spec, x)
-        if problem is not None:
-            from . import log_fallback
-            log_fallback(problem)
-            with record_clip_scales(stats):
-                out = _titans_memory_torch(x, q, params, cfg, static, state, return_state, "chunked", training)
-            if y_head is None:
-                return out
-            y_rest = out[0] if return_state else out
-            y = torch.cat([y_head, y_rest], dim=2)
-            return (y, out[1]) if return_state else y
     readouts = [p.get("eta_readout"), p.get("eta_bias"), p.get("alpha_readout"), p.get("alpha_bias")]
     if spec.idx_eta < 0:
         readouts[0] = readouts[1] = None
@@ -304,8 +312,6 @@ def run(x, q, params, cfg, static, state, return_state: bool, training: bool,
     if spec.store_f:
         add_clip_stats(stats, [clipf])
     y = y.view(bsz, heads, length, d)
-    if y_head is not None:
-        y = torch.cat([y_head, y], dim=2)
     if not return_state:
         return y
 
@@ -334,32 +340,62 @@ def run(x, q, params, cfg, static, state, return_state: bool, training: bool,
     return y, TitansState(dict(base.weights, **weights), dict(base.momentum, **momentum), end, pending)
 
 
-_RESOURCES: Dict[tuple, Optional[str]] = {}
+_CHECKED: Dict[tuple, Optional[str]] = {}
+SELF_CHECK_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 3e-2}
 
 
-def gpu_resources_problem(spec: _Spec, x: torch.Tensor) -> Optional[str]:
-    """None when both kernels of this configuration compile and load on x's GPU, else why not (e.g. more shared memory
-    than the device has: measured 100 KB for the backward at d_h = 64, 324 KB at d_h = 128). Checked once per
-    configuration and device before the first forward, because a backward that cannot launch cannot fall back."""
-    key = (spec.signature(), x.dtype, x.device)
-    if key in _RESOURCES:
-        return _RESOURCES[key]
-    triton, tl, kernels = _triton()
-    cdt, u8 = spec.dtype, torch.uint8
-    consts = dict(spec.constexprs(tl), **spec.launch_options())
-    problem = None
-    try:
-        fwd = kernels._titans_fwd_kernel.warmup(
-            x.dtype, x.dtype, cdt, cdt, cdt, cdt, u8, cdt, cdt, cdt, cdt, cdt, cdt, cdt, cdt, cdt, cdt, cdt, cdt, cdt,
-            x.dtype, cdt, cdt, cdt, cdt, cdt, *spec.scalars(), grid=(spec.nprog,), SAVE_CK=True,
-            STORE_PENDING=spec.store_pending, STORE_F=spec.store_f, **consts)
-        fwd._init_handles()
-        bwd = kernels._titans_bwd_kernel.warmup(
-            x.dtype, x.dtype, cdt, cdt, cdt, cdt, u8, cdt, cdt, cdt, cdt, cdt, cdt, cdt, cdt, cdt, cdt, cdt, cdt, cdt,
-            cdt, cdt, cdt, cdt, x.dtype, cdt, cdt, cdt, cdt, x.dtype, x.dtype, cdt, cdt, cdt, cdt, cdt, cdt, cdt, cdt,
-            *spec.scalars(), grid=(spec.nprog,), HAS_GPEND=spec.store_pending, **consts)
-        bwd._init_handles()
-    except Exception as e:  # noqa: BLE001 - any compile or load failure means: run the chunked form
-        problem = f"the kernels for this shape do not load on {torch.cuda.get_device_name(x.device)} ({e})".strip()
-    _RESOURCES[key] = problem
-    return problem
+def gpu_problem(cfg, x: torch.Tensor, training: bool) -> Optional[str]:
+    """None when the kernels of this configuration load on x's device and agree with the chunked form there, else
+    why not. Checked once per configuration, dtype and device, before the first forward (a backward that cannot
+    launch cannot fall back): a small problem of the same configuration runs forward and backward through both forms
+    and is compared. HOPE_TRITON_SELF_CHECK=0 skips the comparison (not the launch)."""
+    key = (cfg, x.dtype, x.device, bool(training and cfg.update_dropout > 0), x.shape[-1])
+    if key not in _CHECKED:
+        try:
+            gap = self_check(cfg, x.dtype, x.device, training, x.shape[-1])
+            tol = SELF_CHECK_TOLERANCE.get(x.dtype, 1e-4)
+            _CHECKED[key] = None if gap <= tol else (
+                f"the kernels disagree with the chunked form on this device (relative error {gap:.1e} > {tol:.0e} in "
+                f"a {cfg.mem_chunk}-token-chunk self-check); please report it with `python -m "
+                f"hope_megatron.ops.triton.compile_check` output")
+        except Exception as e:  # noqa: BLE001 - a kernel that does not compile or load here: run the chunked form
+            _CHECKED[key] = f"the kernels do not run on this device ({type(e).__name__}: {str(e)[:200]})"
+    return _CHECKED[key]
+
+
+def self_check(cfg, dtype: torch.dtype, device, training: bool, head_dim: int) -> float:
+    """Largest relative difference between the kernels and the chunked form, over y, the final state and every
+    gradient, on a seeded 1×1×(2C+3)-token problem of this configuration (the caller's RNG stream is untouched)."""
+    import os
+
+    from ..config import init_meta_params
+    from ..titans import _titans_memory_torch
+
+    C = cfg.mem_chunk
+    g = torch.Generator().manual_seed(0)
+    shape = (1, 1, 2 * C + 3, head_dim)
+    rnd = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    x = F.silu(rnd(*shape)).to(device, dtype).requires_grad_()
+    q = l2norm(F.silu(rnd(*shape))).to(device, dtype).requires_grad_()
+    static = {c: (rnd(*shape) if c in ("k", "v") else rnd(*shape[:3])).to(device, dtype).requires_grad_()
+              for c in cfg.static_channels()}
+    params = init_meta_params(1, head_dim, cfg, generator=g)
+    params = {n: (t + 0.1 * rnd(*t.shape) if n.endswith("readout") else t).to(device).requires_grad_()
+              for n, t in params.items()}
+    leaves = [x, q, *static.values(), *params.values()]
+    results = []
+    skip = os.environ.get("HOPE_TRITON_SELF_CHECK", "1") == "0"
+    for form in ("kernels",) if skip else ("kernels", "chunked"):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(0)                                  # the same update-dropout draws for both forms
+            if form == "kernels":
+                y, st = _run_kernels(x, q, params, cfg, static, None, True, training, None)
+            else:
+                y, st = _titans_memory_torch(x, q, params, cfg, static, None, True, "chunked", training)
+        outs = [y.float()] + [w.float() for ws in st.weights.values() for w in ws]
+        loss = sum((o * torch.cos(torch.arange(o.numel(), device=device).view_as(o).float())).sum() for o in outs)
+        grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+        results.append([o.detach() for o in outs] + [gr.float() for gr in grads if gr is not None])
+    if skip:
+        return 0.0
+    return max(((a - b).norm() / b.norm().clamp_min(1e-12)).item() for a, b in zip(*results))

@@ -234,3 +234,27 @@ def test_inference_mixer_streams_on_the_kernels():
     second, _ = mixer(h[:, 6:], state)
     assert tri.LAUNCHES["titans_fwd"] == 3
     assert err(got, want) <= 1e-5 and err(torch.cat([first, second], dim=1), want) <= 1e-5
+
+
+def test_gpu_self_check_passes_and_catches_a_wrong_kernel(monkeypatch):
+    """The once-per-configuration check that guards the default GPU path (function.gpu_problem): the kernels agree
+    with the chunked form on a seeded problem with update dropout; a kernel that is off by 1% is refused with one
+    sentence, so titans_memory would run the chunked form."""
+    from hope_megatron.ops.triton import function
+
+    cfg = TitansOpConfig(chunk_size=4, inner_clip=0.3, update_dropout=0.2)
+    x = torch.zeros(1, 1, 8, 8)
+    function._CHECKED.clear()
+    assert function.self_check(cfg, F32, x.device, True, 8) < function.SELF_CHECK_TOLERANCE[F32]
+    assert function.gpu_problem(cfg, x, True) is None
+    real = function._run_kernels
+
+    def off_by_one_percent(*args, **kwargs):
+        y, state = real(*args, **kwargs)
+        return y * 1.01, state
+
+    monkeypatch.setattr(function, "_run_kernels", off_by_one_percent)
+    function._CHECKED.clear()
+    problem = function.gpu_problem(cfg, x, True)
+    assert problem.startswith("the kernels disagree with the chunked form on this device (relative error 1.0e-02")
+    function._CHECKED.clear()
