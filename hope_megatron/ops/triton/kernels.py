@@ -202,28 +202,29 @@ def _fro(a, b):
 
 @triton.jit
 def _layer_bwd(w_ptr, m_ptr, gw_ptr, gm_ptr, d, f, coef, u, z, zw, s, p, inv, rr, zm, c_u, c_w, c_m, q, e_out,
-               k_out, g, r, mw, beta_n, O, I, BO: tl.constexpr, BI: tl.constexpr, BC: tl.constexpr,
-               DGD: tl.constexpr, MOM: tl.constexpr, CLIP_ON: tl.constexpr, PREC: tl.constexpr):
+               k_out, g, r, mw, beta_n, a_cu, a_cw, a_cm, a_p, a_q, a_eout, a_kout, a_g, a_r, O, I,
+               BO: tl.constexpr, BI: tl.constexpr, BC: tl.constexpr, DGD: tl.constexpr, MOM: tl.constexpr,
+               CLIP_ON: tl.constexpr, PREC: tl.constexpr):
     """One layer's share of the write's backward: the clip (W' = W + fΔ), the chunk step, and the state-sized
     results stored at once (G_m, and G_W = G_W' + g·G_Δ before the boundary terms' share), so that few state-sized
-    tiles are alive at a time. Returns the small gradients and this layer's ⟨G_Δ, W⟩, −⟨G_Δ, m⟩."""
+    tiles are alive at a time. Returns (G_U, G_Ẑ, G_ẐWᵀ) and the gate-gradient accumulators a_* with this layer's
+    share added (a_g += ⟨G_Δ, W⟩, a_r −= ⟨G_Δ, m⟩)."""
     gwn = _tile(gw_ptr, O, I, BO, BI)
     gd = gwn
     if CLIP_ON:
         gd = f * gwn - coef * d                                  # −Δ̃⟨G_W', Δ̃⟩/(c‖Δ‖) where active (coef = 0 else)
     w = _tile(w_ptr, O, I, BO, BI)
     m = _tile(m_ptr, O, I, BO, BI)
-    a_g = _fro(gd, w)
-    a_r = a_g * 0.0
+    a_g += _fro(gd, w)
     if MOM:
-        a_r = -_fro(gd, m)
+        a_r -= _fro(gd, m)
     gmn = _tile(gm_ptr, O, I, BO, BI)
     gu, gz, gzw, gm_out, cu, cw, cm, gp, gq, eo, ko = _step_bwd(
         gd, gmn, u, z, zw, m, s, p, inv, rr, zm, c_u, c_w, c_m, q, e_out, k_out, r, mw, beta_n, BC, DGD, MOM, PREC)
     tl.debug_barrier()                                           # every warp has read G_W', G_m' before they are overwritten
     _put(gm_ptr, gm_out, O, I, BO, BI)
     _put(gw_ptr, gwn + g * gd, O, I, BO, BI)
-    return gu, gz, gzw, cu, cw, cm, gp, gq, eo, ko, a_g, a_r
+    return (gu, gz, gzw, a_cu + cu, a_cw + cw, a_cm + cm, a_p + gp, a_q + gq, a_eout + eo, a_kout + ko, a_g, a_r)
 
 
 @triton.jit
@@ -278,30 +279,14 @@ def _chunk_write_bwd(k, v, eta, la, n, bpow_ptr, src_w1, src_w2, src_m1, src_m2,
                 dot = f * (_fro(_tile(gs_w1 + o1, D, R, BD, BR), d1) + _fro(_tile(gs_w2 + o2, R, D, BR, BD), d2))
                 coef = tl.where(nrm > clip, dot / (clip * nrm), 0.0) * f
             # (B) layer 1 (input ĥ), (C) layer 2 (input k̂, shared S₂ and inverse)
-            gu1, gz1, gzw1, cu, cw, cm, gp, gq, eo, ko, lg, lr = _layer_bwd(
+            gu1, gz1, gzw1, a_cu, a_cw, a_cm, a_p, a_q, a_eout, a_kout, a_g, a_r = _layer_bwd(
                 src_w1 + o1, src_m1 + o1, gs_w1 + o1, gs_m1 + o1, d1, f, coef, u1, z1, zw1, s1, p, inv1, r1, zm1,
-                c_u, c_w, c_m, q, e_out, k_out, g, r, mw, beta_n, D, R, BD, BR, BC, DGD, MOM, CLIP_ON, PREC)
-            a_cu += cu
-            a_cw += cw
-            a_cm += cm
-            a_p += gp
-            a_q += gq
-            a_eout += eo
-            a_kout += ko
-            a_g += lg
-            a_r += lr
-            gu2, gz2, gzw2, cu, cw, cm, gp, gq, eo, ko, lg, lr = _layer_bwd(
+                c_u, c_w, c_m, q, e_out, k_out, g, r, mw, beta_n, a_cu, a_cw, a_cm, a_p, a_q, a_eout, a_kout, a_g,
+                a_r, D, R, BD, BR, BC, DGD, MOM, CLIP_ON, PREC)
+            gu2, gz2, gzw2, a_cu, a_cw, a_cm, a_p, a_q, a_eout, a_kout, a_g, a_r = _layer_bwd(
                 src_w2 + o2, src_m2 + o2, gs_w2 + o2, gs_m2 + o2, d2, f, coef, u2, z2, zw2, s2, p, inv2, r2, zm2,
-                c_u, c_w, c_m, q, e_out, k_out, g, r, mw, beta_n, R, D, BR, BD, BC, DGD, MOM, CLIP_ON, PREC)
-            a_cu += cu
-            a_cw += cw
-            a_cm += cm
-            a_p += gp
-            a_q += gq
-            a_eout += eo
-            a_kout += ko
-            a_g += lg
-            a_r += lr
+                c_u, c_w, c_m, q, e_out, k_out, g, r, mw, beta_n, a_cu, a_cw, a_cm, a_p, a_q, a_eout, a_kout, a_g,
+                a_r, R, D, BR, BD, BC, DGD, MOM, CLIP_ON, PREC)
             # (D) the boundary terms: G_k, G_v and their share of G_W₁, G_W₂
             gk, gv, gw1, gw2 = _boundary_bwd(k, v, _tile(src_w1 + o1, D, R, BD, BR), _tile(src_w2 + o2, R, D, BR, BD),
                                              gu1, gz1, gzw1, gu2, gz2, gzw2, SELF, PREC)
@@ -322,18 +307,10 @@ def _chunk_write_bwd(k, v, eta, la, n, bpow_ptr, src_w1, src_w2, src_m1, src_m2,
                 nrm = tl.sqrt(tl.maximum(_fro(d, d), 1e-30))
                 f = tl.minimum(clip / nrm, 1.0)
                 coef = tl.where(nrm > clip, f * _fro(_tile(gs_w1 + o1, D, D, BD, BD), d) / (clip * nrm), 0.0) * f
-            gu, gz, gzw, cu, cw, cm, gp, gq, eo, ko, lg, lr = _layer_bwd(
+            gu, gz, gzw, a_cu, a_cw, a_cm, a_p, a_q, a_eout, a_kout, a_g, a_r = _layer_bwd(
                 src_w1 + o1, src_m1 + o1, gs_w1 + o1, gs_m1 + o1, d, f, coef, u, z, zw, s2, p, inv2, rr, zm,
-                c_u, c_w, c_m, q, e_out, k_out, g, r, mw, beta_n, D, D, BD, BD, BC, DGD, MOM, CLIP_ON, PREC)
-            a_cu += cu
-            a_cw += cw
-            a_cm += cm
-            a_p += gp
-            a_q += gq
-            a_eout += eo
-            a_kout += ko
-            a_g += lg
-            a_r += lr
+                c_u, c_w, c_m, q, e_out, k_out, g, r, mw, beta_n, a_cu, a_cw, a_cm, a_p, a_q, a_eout, a_kout, a_g,
+                a_r, D, D, BD, BD, BC, DGD, MOM, CLIP_ON, PREC)
             gk, gv, gw = _boundary_bwd_linear(k, v, _tile(src_w1 + o1, D, D, BD, BD), gu, gz, gzw, SELF, PREC)
             g_k += gk
             g_v += gv
