@@ -94,12 +94,6 @@ class _Spec:
         # in shared memory (measured: the backward then needs 292 KB at d_h = 64, more than any GPU has).
         return dict(num_warps=4 if _pow2(max(self.D, self.R)) <= 32 else 8, num_stages=1)
 
-    def signature(self) -> tuple:
-        """What selects a compiled kernel (the constexprs and launch options), for the resource check's cache."""
-        return (self.D, self.R, self.C, self.G, self.depth, self.self_target, self.dgd, self.momentum,
-                math.isfinite(self.clip), self.dropout, self.idx_k, self.idx_v, self.idx_eta, self.idx_alpha,
-                self.has_lain, self.dtype, self.precision)
-
 
 def _dummy(like: torch.Tensor, dtype=None) -> torch.Tensor:
     return torch.empty(1, dtype=dtype or like.dtype, device=like.device)
