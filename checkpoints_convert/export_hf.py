@@ -101,7 +101,7 @@ def export_tokenizer(src: str, out: str, cfg: dict) -> Optional[int]:
         _place(os.path.join(src, os.path.basename(args["merge_file"])), os.path.join(out, "merges.txt"))
         conf = {"tokenizer_class": "GPT2Tokenizer", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
                 "bos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "add_prefix_space": False,
-                "add_bos_token": False, **common}
+                "add_bos_token": False, "split_special_tokens": True, **common}
     else:
         conf = {"tokenizer_class": "HopeTokenizer", "auto_map": TOKENIZER_AUTO, "eod_id": int(tok.eod), **common}
         if kind == "SentencePieceTokenizer":
