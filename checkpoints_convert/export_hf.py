@@ -27,11 +27,16 @@ import shutil
 import sys
 from typing import Optional
 
-REMOTE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hope_megatron", "inference",
-                          "hf")
 AUTO_MAP = {"AutoConfig": "configuration_hope.HopeConfig", "AutoModelForCausalLM": "modeling_hope.HopeForCausalLM"}
 TOKENIZER_AUTO = {"AutoTokenizer": ["tokenization_hope.HopeTokenizer", None]}
 FORMAT_VERSION = 1
+
+
+def remote_dir() -> str:
+    """hope_megatron/inference/hf, wherever hope_megatron is installed (the remote code files are copied from it)."""
+    import hope_megatron.inference.hf as hf
+
+    return os.path.dirname(os.path.abspath(hf.__file__))
 
 
 def fail(msg: str):
@@ -109,7 +114,7 @@ def export_tokenizer(src: str, out: str, cfg: dict) -> Optional[int]:
             conf["kind"] = "sentencepiece"
         else:
             conf.update(kind="null", null_vocab_size=int(tok.vocab_size))
-        shutil.copy2(os.path.join(REMOTE_DIR, "tokenization_hope.py"), os.path.join(out, "tokenization_hope.py"))
+        shutil.copy2(os.path.join(remote_dir(), "tokenization_hope.py"), os.path.join(out, "tokenization_hope.py"))
     _write_json(os.path.join(out, "tokenizer_config.json"), conf)
     return int(tok.eod)
 
@@ -125,7 +130,7 @@ def export_hf(checkpoint: str, output: Optional[str] = None) -> dict:
                 _place(os.path.join(checkpoint, name), os.path.join(out, name))
     eod = export_tokenizer(checkpoint, out, cfg)
     for name in ("modeling_hope.py", "configuration_hope.py"):
-        shutil.copy2(os.path.join(REMOTE_DIR, name), os.path.join(out, name))
+        shutil.copy2(os.path.join(remote_dir(), name), os.path.join(out, name))
     cfg.update(model_type="hope", architectures=["HopeForCausalLM"], auto_map=AUTO_MAP,
                in_proj_components=in_proj_layout(cfg), dtype="float32", tie_word_embeddings=False, use_cache=True,
                eos_token_id=eod, pad_token_id=eod, bos_token_id=None, hf_export_version=FORMAT_VERSION)

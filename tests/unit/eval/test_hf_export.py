@@ -267,3 +267,17 @@ def test_lm_eval_cli_through_hf_equals_hope_adapter(exported, tmp_path):
         want = [ll for ll, _ in lm.loglikelihood([Req((g["arg_0"], g["arg_1"])) for g in row["arguments"].values()],
                                                  disable_tqdm=True)]
         assert max(abs(a - b) / abs(b) for a, b in zip(got, want)) <= 1e-5, (got, want)
+
+
+def test_export_refuses_what_is_not_a_converted_checkpoint(tmp_path):
+    from checkpoints_convert import export_hf
+
+    with pytest.raises(SystemExit, match=r"^export_hf: .* is not a converted checkpoint \(it needs config.json and "
+                                         r"model.safetensors\); run checkpoints_convert/convert_to_torch.py"):
+        export_hf.main(["--checkpoint", str(tmp_path)])
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    (tmp_path / "config.json").write_text('{"hidden_size": 8}')
+    with pytest.raises(SystemExit, match=r"config.json lacks layer_letters, vocab_size, op_configs: it was not written "
+                                         r"by convert_to_torch.py"):
+        export_hf.main(["--checkpoint", str(tmp_path)])
+    assert not (tmp_path / "modeling_hope.py").exists()  # nothing written before the checks
