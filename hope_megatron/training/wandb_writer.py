@@ -96,5 +96,11 @@ class WandB:
         self._row = {}
 
     def close(self) -> None:
+        import wandb
+
         self.flush()
         self.run.finish()
+        # finish() can return before wandb's service has written the run's .wandb file (an offline run then holds only
+        # its header until the process exits, measured ~1 run in 4); teardown waits for the service, so the run
+        # directory is complete when training returns (for `wandb sync` or a reader in the same process)
+        wandb.teardown()
