@@ -32,9 +32,13 @@ setup(
         # GPU clusters only: the window megatron-core 0.16.1 supports. NVIDIA apex is optional and never required
         # (and the PyPI package called `apex` is an unrelated web toolkit: never install it).
         "gpu": ["transformer-engine[pytorch]>=2.9.0a0,<2.12.0"],
-        "eval": ["lm-eval==0.4.13", "matplotlib", "pyarrow"],  # tasks.py copies 0.4.13's prompts
+        # tasks.py copies lm-eval 0.4.13's prompts; [hf] brings lm-eval's `--model hf` (accelerate, peft); transformers
+        # loads exported checkpoints (checkpoints_convert/export_hf.py: remote code written against 5.24's `cache` API)
+        "eval": ["lm-eval[hf]==0.4.13", "transformers>=5.24,<6", "matplotlib", "pyarrow"],
+        "wandb": ["wandb>=0.31,<1"],  # --wandb-project (offline when there is no API key or no network)
         # triton: the fused memory kernels' tests run under TRITON_INTERPRET=1 on CPU (a GPU install brings its own)
-        "dev": ["pytest>=8", "lm-eval==0.4.13", "matplotlib", "pyarrow", "triton==3.9.0"],
+        "dev": ["pytest>=8", "lm-eval[hf]==0.4.13", "transformers==5.24.0", "wandb==0.31.0", "matplotlib", "pyarrow",
+                "triton==3.9.0"],
     },
     entry_points={"console_scripts": ["hope-train=hope_megatron.train:main"]},
 )

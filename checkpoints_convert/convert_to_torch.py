@@ -1,12 +1,13 @@
 """Convert a hope_megatron distributed checkpoint (torch_dist, any TP/PP, any variant) into a plain PyTorch directory.
 
-    python checkpoints_convert/convert_to_torch.py --load SAVE [--iteration N] --output OUT
+    python checkpoints_convert/convert_to_torch.py --load SAVE [--iteration N] --output OUT [--hf]
 
 One CPU process: a 1-rank gloo group (platform.initialize), a TP=1/PP=1 template model built from the arguments saved
 in the checkpoint, megatron's dist_checkpointing.load resharding every tensor into it (megatron_core_notes.md pain
 point 7). Writes OUT/model.safetensors (fp32, megatron GPTModel parameter names), OUT/config.json (the HopeConfig
 fields that define the model, per-letter op configs, vocab and sequence length) and the tokenizer file the arguments
-name, if it exists. hope_megatron.inference.load_model(OUT) reads the result without megatron.
+name, if it exists. hope_megatron.inference.load_model(OUT) reads the result without megatron. --hf then adds what
+transformers needs (export_hf.py: config keys, remote code, tokenizer files), in place.
 """
 
 from __future__ import annotations
@@ -170,6 +171,8 @@ def main(argv=None) -> None:
     p.add_argument("--load", required=True, help="training --save directory (holds latest_checkpointed_iteration.txt)")
     p.add_argument("--iteration", type=int, default=None, help="iteration to convert (default: the tracker's)")
     p.add_argument("--output", required=True, help="output directory")
+    p.add_argument("--hf", action="store_true", help="also make OUT loadable by Hugging Face transformers and "
+                   "`lm_eval --model hf` (checkpoints_convert/export_hf.py, in place)")
     a = p.parse_args(argv)
     from hope_megatron import platform
 
@@ -182,6 +185,10 @@ def main(argv=None) -> None:
     print(f"converted {a.load} iteration {cfg['iteration']} ({cfg['hope_variant']}, {n} layers, vocab "
           f"{cfg['vocab_size']}, saved at TP={cfg['saved_layout']['tensor_model_parallel_size']} "
           f"PP={cfg['saved_layout']['pipeline_model_parallel_size']}) -> {a.output}")
+    if a.hf:
+        from checkpoints_convert.export_hf import main as export_main
+
+        export_main(["--checkpoint", a.output])
 
 
 if __name__ == "__main__":

@@ -50,6 +50,11 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def accelerator_name() -> Optional[str]:
+    """The CUDA device's name (e.g. "NVIDIA H100 80GB HBM3"), or None on CPU: what the MFU peak is looked up by."""
+    return torch.cuda.get_device_name(torch.cuda.current_device()) if cuda_available() else None
+
+
 def device() -> torch.device:
     """The device models and batches live on: this rank's GPU, or the CPU."""
     if cuda_available():

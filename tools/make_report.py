@@ -18,8 +18,8 @@ import sys
 from typing import Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from hope_megatron.eval.paper import NIAH_LENGTHS, TABLE1, TITANS_NIAH, VARIANT_ROW, nearest_scale  # noqa: E402
-from hope_megatron.eval.tasks import ACC_NORM  # noqa: E402  (pure data, imports no model code)
+from hope_megatron.eval.paper import (NIAH_LENGTHS, TABLE1, TITANS_NIAH, VARIANT_ROW, nearest_scale,  # noqa: E402
+                                      table1_markdown, table1_values)  # pure data, imports no model code
 
 
 def collect(inputs: List[str]) -> Dict[str, List[dict]]:
@@ -74,21 +74,30 @@ def perplexity_md(results: List[dict]) -> str:
 
 
 def zeroshot_md(results: List[dict]) -> str:
-    out = ["# Zero-shot accuracy (lm-eval, adapter `hope`)", ""]
+    """Our NL Table 1 row rebuilt from each file's results (so LAMBADA and WikiText fill their columns whenever
+    lambada_openai / wikitext ran), then every metric lm-eval reported, per task."""
+    out = ["# Zero-shot evaluation (lm-eval, adapter `hope`)", ""]
     for r in results:
-        out += [run_line(r), "", r["markdown"], "", "| task | items | acc | ± stderr | acc_norm | ± stderr |",
-                "|---|---|---|---|---|---|"]
+        run = r.get("run", {})
+        params = run.get("parameters") or 1
+        note = f"Limited to {r['limit']} items per task." if r.get("limit") else ""
+        out += [run_line(r), "", table1_markdown(r["results"], run.get("variant") or "?", params, note), "",
+                "| task | items | metric | value | ± stderr |", "|---|---|---|---|---|"]
         for t, v in r["results"].items():
-            out.append(f"| {t} | {v.get('n')} | {100 * v['acc']:.1f} | {100 * v.get('acc_stderr', float('nan')):.1f} | "
-                       f"{100 * v.get('acc_norm', float('nan')):.1f} | {100 * v.get('acc_norm_stderr', float('nan')):.1f} |")
+            for m, x in v.items():
+                if m == "n" or m.endswith("_stderr"):
+                    continue
+                pct = m in ("acc", "acc_norm")  # accuracies in percent; perplexities and bits as lm-eval gives them
+                err = v.get(f"{m}_stderr")
+                out.append(f"| {t} | {v.get('n')} | {m} | {(100 if pct else 1) * x:.{1 if pct else 3}f} | "
+                           + (f"{(100 if pct else 1) * err:.{1 if pct else 3}f}" if err is not None else "–") + " |")
         out.append("")
-        scale = r.get("scale") or nearest_scale(r["run"].get("parameters") or 1)
-        row = VARIANT_ROW.get(r["run"].get("variant"), "HOPE")
-        paper = TABLE1[scale].get(row)
-        if paper:
-            out.append(f"Δ vs paper {scale} {row} average (their 9 columns): ours are over the tasks run; a model "
-                       f"of {(r['run'].get('parameters') or 0) / 1e6:.1f}M parameters trained on a CPU is expected "
-                       f"near chance (PIQA 50, Hella 25, Wino 50, ARC-e 25, ARC-c 25, SIQA 33, BoolQ ~62 majority).")
+        scale = r.get("scale") or nearest_scale(params)
+        row = VARIANT_ROW.get(run.get("variant"), "HOPE")
+        if TABLE1[scale].get(row):
+            out.append(f"Δ vs paper {scale} {row}: the Avg columns above cover the same tasks; a model of "
+                       f"{params / 1e6:.1f}M parameters trained on a CPU is expected near chance (PIQA 50, Hella 25, "
+                       f"Wino 50, ARC-e 25, ARC-c 25, SIQA 33, BoolQ ~62 majority, LAMBADA acc ~0).")
         out.append("")
     return "\n".join(out) + "\n"
 
@@ -212,10 +221,10 @@ def summary(kind: str, results: List[dict]) -> str:
         if kind == "perplexity":
             lines.append("ppl " + ", ".join(f"{s['name']} {s['ppl']:.1f}" for s in r["results"]))
         elif kind == "zeroshot":
-            from_tasks = ", ".join(f"{t} {100 * v.get('acc_norm' if t in ACC_NORM else 'acc', v['acc']):.1f}"
-                                   for t, v in r["results"].items())
+            cols = table1_values(r["results"])
             n = sorted({v.get("n") for v in r["results"].values()})
-            lines.append(f"{from_tasks} (n={'/'.join(str(x) for x in n)} per task)")
+            lines.append(", ".join(f"{c} {x:.1f}" for c, x in cols.items())
+                         + f" (n={'/'.join(str(x) for x in n)} per task)")
         elif kind == "niah":
             run = [c for c in r["cells"] if c["status"] == "run"]
             hits = sum(c["recall"] * c["trials"] for c in run)

@@ -44,3 +44,54 @@ def nearest_scale(n_params: float) -> str:
     import math
 
     return min(SCALES, key=lambda s: abs(math.log(SCALES[s]) - math.log(max(n_params, 1.0))))
+
+
+# Table 1 column <- (lm-eval task, metric, scale): acc_norm where lm-eval reports it (PIQA, Hella, ARC), acc otherwise;
+# LAMBADA (lambada_openai) acc and perplexity, WikiText word perplexity. SIQA is `siqa` locally, `social_iqa` in lm-eval.
+TABLE1_SOURCES = {
+    "Wiki ppl": (("wikitext", "word_perplexity", 1.0),),
+    "LMB ppl": (("lambada_openai", "perplexity", 1.0),),
+    "LMB acc": (("lambada_openai", "acc", 100.0),),
+    "PIQA": (("piqa", "acc_norm", 100.0),), "Hella": (("hellaswag", "acc_norm", 100.0),),
+    "Wino": (("winogrande", "acc", 100.0),), "ARC-e": (("arc_easy", "acc_norm", 100.0),),
+    "ARC-c": (("arc_challenge", "acc_norm", 100.0),),
+    "SIQA": (("siqa", "acc", 100.0), ("social_iqa", "acc", 100.0)), "BoolQ": (("boolq", "acc", 100.0),),
+}
+PPL_COLUMNS = ("Wiki ppl", "LMB ppl")  # lower is better; the paper's Avg is the mean of the other (accuracy) columns
+
+
+def table1_values(results: dict) -> dict:
+    """{Table 1 column: our number} for every column whose task ran ({task: {metric: value}} as zeroshot writes)."""
+    out = {}
+    for col, sources in TABLE1_SOURCES.items():
+        for task, metric, scale in sources:
+            if metric in results.get(task, {}):
+                out[col] = scale * results[task][metric]
+                break
+    return out
+
+
+def table1_markdown(results: dict, variant: str, n_params: int, note: str = "") -> str:
+    """Our row of NL Table 1 (every column; "–" where its task did not run) above the paper's rows at the nearest
+    scale. Avg is over the accuracy columns this run filled, and the paper rows' Avg over the same columns."""
+    scale = nearest_scale(n_params)
+    cols = list(TABLE1_COLUMNS[:-1])
+    ours = table1_values(results)
+    acc_cols = [c for c in cols if c in ours and c not in PPL_COLUMNS]
+    avg = lambda vals: sum(vals[c] for c in acc_cols) / len(acc_cols) if acc_cols else float("nan")  # noqa: E731
+    lines = [f"| model | {' | '.join(cols)} | Avg |", "|---|" + "---|" * (len(cols) + 1),
+             f"| **this checkpoint** ({variant}, {n_params / 1e6:.1f}M) | "
+             + " | ".join(f"{ours[c]:.2f}" if c in ours else "–" for c in cols) + f" | {avg(ours):.2f} |"]
+    for name, vals in TABLE1[scale].items():
+        paper = dict(zip(TABLE1_COLUMNS, vals))
+        mark = " ←" if name == VARIANT_ROW.get(variant) else ""
+        lines.append(f"| paper {scale} {name}{mark} | {' | '.join(f'{paper[c]:.2f}' for c in cols)} | {avg(paper):.2f} |")
+    missing = [c for c in cols if c not in ours]
+    text = "\n".join(lines)
+    text += (f"\n\nColumns: lm-eval zero-shot; acc_norm for PIQA/Hella/ARC-e/ARC-c, acc otherwise; LMB = lambada_openai "
+             f"(acc, perplexity), Wiki ppl = wikitext word perplexity. Avg is the mean of the accuracy columns this run "
+             f"filled ({', '.join(acc_cols) or 'none'}); the paper's Avg covers all eight, so the paper rows here are "
+             f"re-averaged over the same columns. "
+             + (f"Not run: {', '.join(missing)}. " if missing else "") + f"Paper rows: NL Table 1 at the nearest scale "
+             f"({scale}). {note}")
+    return text.rstrip()

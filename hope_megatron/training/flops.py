@@ -18,6 +18,23 @@ MEMORY_ADVANCE_MACS = 4
 MEMORY_ADVANCE_MACS_MOMENTUM = 8
 MEMORY_READ_MACS = 7
 ATTENTION_MIXERS = ("transformer", "hope_attention", "swa")
+# Dense BF16 peak FLOP/s per device by name fragment (vendor datasheets; SXM parts), for MFU without --peak-flops.
+# First match wins, so the more specific names come first.
+KNOWN_PEAKS = (("GH200", 989e12), ("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("H800", 989e12),
+               ("B200", 2250e12), ("B100", 1750e12), ("A100", 312e12), ("A800", 312e12), ("L40S", 362e12),
+               ("A10G", 70e12), ("L4", 121e12), ("V100", 125e12))
+
+
+def peak_flops(given: Optional[float], device_name: Optional[str]) -> Optional[float]:
+    """The MFU denominator: --peak-flops when given, else the known BF16 dense peak of the device, else None (CPU or
+    an unknown accelerator: no MFU is reported rather than one measured against another device's peak)."""
+    if given:
+        return float(given)
+    if device_name:
+        for fragment, value in KNOWN_PEAKS:
+            if fragment in device_name:
+                return value
+    return None
 
 
 @dataclasses.dataclass

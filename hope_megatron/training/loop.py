@@ -18,6 +18,7 @@ from hope_megatron.training import checkpointing, data, flops
 from hope_megatron.training.arguments import cms_schedule, format_config, resolved_config, validate_args
 from hope_megatron.training.cms_optimizer import CMSGate, gated_step
 from hope_megatron.training.logging import TensorBoard, Throughput, print_rank0, progress_line
+from hope_megatron.training.wandb_writer import WandB
 from hope_megatron.training.model_setup import (build_config, build_model_chunks, build_optimizer, build_scheduler,
                                                  cms_level_fn, count_parameters, wrap_ddp)
 
@@ -129,7 +130,10 @@ def pretrain(args, level_of=None, hooks=None) -> dict:
     print_rank0(f"vocab {tokenizer.vocab_size} (padded {vocab}) | parameters {n_params:,} | variant "
                 f"{config.hope_variant} | CMS levels (period, warmup) {cms_schedule(config) or 'none'}")
     print_rank0(flops.format_breakdown(fam))
-    print_rank0(f"MFU peak: {args.peak_flops:.4g} FLOP/s per device (--peak-flops)")
+    peak = flops.peak_flops(args.peak_flops, platform.accelerator_name())
+    print_rank0(f"MFU peak: {peak:.4g} FLOP/s per device ({'--peak-flops' if args.peak_flops else platform.accelerator_name()})"
+                if peak else f"MFU: not reported ({platform.accelerator_name() or 'CPU'}: no known peak; pass "
+                             f"--peak-flops to set one)")
 
     iteration, consumed = 0, 0
     if args.load:
@@ -153,9 +157,9 @@ def pretrain(args, level_of=None, hooks=None) -> dict:
                        num_microbatches=n_micro, seq_length=args.seq_length, micro_batch_size=args.micro_batch_size,
                        decoder_seq_length=args.seq_length, forward_only=forward_only)
 
-    tb = TensorBoard(args.tensorboard_dir)
+    tb = TensorBoard(args.tensorboard_dir, mirror=WandB.from_args(args, args_dict))
     tb.text("config", "```\n" + format_config(args) + "\n```")
-    thr = Throughput(args.global_batch_size * args.seq_length, fam["total"], dist.get_world_size(), args.peak_flops)
+    thr = Throughput(args.global_batch_size * args.seq_length, fam["total"], dist.get_world_size(), peak)
     stop = _Stop(args.exit_signal_handler)
     summary = {"losses": {}, "grad_norms": {}, "firings": {}, "valid_losses": {}, "skipped": 0, "tokens_per_s": [],
                "start_iteration": iteration, "stopped_by": None}

@@ -67,3 +67,20 @@ def test_refuses_unknown_and_partial(converted):
     errors = converted[2]
     assert "latest_checkpointed_iteration.txt" in errors["missing"]
     assert "not a complete torch_dist checkpoint" in errors["partial"]
+
+
+@pytest.mark.parametrize("case", list(W.CASES))
+def test_transformers_export_equals_megatron(converted, case):
+    """The converted TP2xPP2 checkpoint, exported for Hugging Face transformers (export_hf.py), gives megatron's
+    logits through AutoModelForCausalLM (fp32, relative 1e-5): every variant and the HDWT hybrid."""
+    pytest.importorskip("transformers")
+    from transformers import AutoModelForCausalLM
+
+    from checkpoints_convert.export_hf import export_hf
+
+    root, ref, _ = converted
+    out = os.path.join(root, case + "_hf")
+    export_hf(os.path.join(root, case + "_torch"), out)
+    model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    with torch.no_grad():
+        assert _rel(model(W.tokens()).logits, ref[case]) <= 1e-5

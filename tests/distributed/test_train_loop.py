@@ -83,7 +83,12 @@ def worker_tp1_suite(tmp, tp2_ckpt):
     """TP=1 reference, TP2 checkpoint resumed at TP1, the period-4 rule and TensorBoard tags, in one process."""
     out = {}
     tb = os.path.join(tmp, "tb")
-    ref = _run(["--train-iters", "6", "--tensorboard-dir", tb, "--eval-interval", "3", "--eval-iters", "1"])
+    for k in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL"):  # no credentials: W&B must choose offline itself
+        os.environ.pop(k, None)
+    os.environ.update(NETRC=os.path.join(tmp, "no-netrc"), WANDB_CONFIG_DIR=os.path.join(tmp, "wandb-config"),
+                      WANDB_CACHE_DIR=os.path.join(tmp, "wandb-cache"), WANDB_DATA_DIR=os.path.join(tmp, "wandb-data"))
+    ref = _run(["--train-iters", "6", "--tensorboard-dir", tb, "--eval-interval", "3", "--eval-iters", "1",
+                "--wandb-project", "hope-test", "--wandb-exp-name", "tp1", "--wandb-save-dir", os.path.join(tmp, "wb")])
     out["ref"] = _losses(ref)
     out["valid"] = ref["valid_losses"]
     resharded = _run(["--train-iters", "6", "--load", tp2_ckpt])
@@ -198,15 +203,45 @@ def test_tensorboard_tags(tp1_results):
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     for tag in ("lm loss", "perplexity", "learning-rate", "grad-norm", "throughput/tokens-per-second",
-                "throughput/mfu", "validation/lm loss", "validation/perplexity", "cms/level0/fired",
+                "validation/lm loss", "validation/perplexity", "cms/level0/fired",
                 "cms/level1/fired", "cms/level1/update-norm", "cms/level1/firings"):
         assert tag in tags, (tag, sorted(tags))
+    assert "throughput/mfu" not in tags  # CPU without --peak-flops: no MFU against a GPU's peak
     norms = [t for t in tags if t.startswith("memory-state-norm/") and t.endswith("self_attention")]
     assert len(norms) >= 2, sorted(tags)  # one per HOPE layer's Titans mixer
     assert all(0 < acc.Scalars(t)[-1].value < float("inf") for t in norms)
     assert [e.value for e in acc.Scalars("cms/level1/fired")] == [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]
     assert abs(acc.Scalars("lm loss")[0].value - r["ref"][0]) < 1e-5 * abs(r["ref"][0])
     assert sorted(r["valid"]) == [3, 6]
+
+
+def test_wandb_offline_history_equals_tensorboard(tp1_results):
+    """--wandb-project without credentials logs offline, and the run's history holds every TensorBoard scalar at the
+    same iteration with the same value (loss, lr, grad norm, throughput, CMS and memory-state scalars)."""
+    import glob
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tests.unit.training.test_wandb_logging import wandb_history
+
+    tmp, _ = tp1_results
+    files = glob.glob(os.path.join(tmp, "wb", "wandb", "offline-run-*", "run-*.wandb"))
+    assert len(files) == 1, files
+    rows = {row["_step"]: row for row in wandb_history(files[0])}
+    acc = EventAccumulator(os.path.join(tmp, "tb"))
+    acc.Reload()
+    tags = [t for t in acc.Tags()["scalars"] if t != "lm loss vs samples"]  # W&B plots it against "consumed samples"
+    for tag in ("lm loss", "learning-rate", "grad-norm", "throughput/tokens-per-second", "cms/level1/update-norm"):
+        assert tag in tags
+    assert any(t.startswith("memory-state-norm/") for t in tags)
+    n = 0
+    for tag in tags:
+        for e in acc.Scalars(tag):
+            assert abs(rows[e.step][tag] - e.value) <= 1e-6 * max(abs(e.value), 1e-6), (tag, e.step)
+            n += 1
+    assert n >= 6 * 10 and [rows[i]["consumed samples"] for i in range(1, 7)] == [4, 8, 12, 16, 20, 24]
+    logged = {k for row in rows.values() for k in row if not k.startswith("_")}
+    assert logged == set(tags) | {"consumed samples"}, sorted(logged ^ (set(tags) | {"consumed samples"}))
 
 
 @pytest.mark.parametrize("extra", [["--pipeline-model-parallel-size", "2"],

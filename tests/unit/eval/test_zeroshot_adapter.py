@@ -80,19 +80,43 @@ def test_parse_results_keys_and_binomial_stderr():
                        "boolq_local": {"acc,none": 0.25}},
            "n-samples": {"piqa_local": {"original": 1838, "effective": 40}, "boolq_local": {"effective": 1}}}
     out = parse_results(res, ["piqa", "boolq"])
+    assert sorted(out) == ["boolq", "piqa"]
     assert out["piqa"]["n"] == 40 and out["piqa"]["acc"] == 0.65
     assert out["piqa"]["acc_stderr"] == pytest.approx((0.65 * 0.35 / 39) ** 0.5, rel=1e-12)  # 0.0764
     assert out["piqa"]["acc_norm_stderr"] == 0.07  # lm-eval's own stderr is kept
     assert out["boolq"] == {"acc": 0.25, "n": 1}  # one item: no stderr
 
 
-def test_missing_task_data_is_refused_by_name(tmp_path):
+def _offline(monkeypatch):
+    """No network, as on this machine and in CI: the Hub client and `datasets` say so at once instead of retrying."""
+    import importlib
+
+    for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.setenv(k, "1")
+    for mod in ("huggingface_hub.constants", "datasets.config"):
+        m = importlib.import_module(mod)
+        for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+            if hasattr(m, name):
+                monkeypatch.setattr(m, name, True)
+
+
+def test_task_without_local_data_needs_reachable_catalog_data(tmp_path, monkeypatch):
+    """The seven without their local file and any other lm-eval name go to lm-eval's own definition; offline, its
+    dataset cannot be read, and the run stops before loading the model with one sentence naming the task and the
+    local file that would serve. Unknown names are refused with close matches."""
     from hope_megatron.eval import zeroshot
 
+    _offline(monkeypatch)
     (tmp_path / "piqa").mkdir()
     (tmp_path / "piqa" / "validation.jsonl").write_text("{}\n")
-    with pytest.raises(SystemExit, match=r"no local data for siqa, arc_easy .*--tasks siqa arc_easy"):
+    with pytest.raises(SystemExit) as e:
         zeroshot.main(["--checkpoint", str(tmp_path / "none"), "--tasks", "piqa,siqa,arc_easy",
                        "--data-dir", str(tmp_path)])
-    with pytest.raises(SystemExit, match="unknown task"):
-        zeroshot.main(["--checkpoint", "x", "--tasks", "lambada", "--data-dir", str(tmp_path)])
+    msg = str(e.value)
+    assert msg.startswith("zeroshot: lm-eval's task social_iqa could not read its data (") and "\n" not in msg, msg
+    assert "No local data for siqa, arc_easy" in msg and "fetch_eval_data.py --tasks siqa arc_easy" in msg, msg
+    with pytest.raises(SystemExit, match=r"'lambada_openaii' is not an lm-eval task \(did you mean lambada_openai"):
+        zeroshot.main(["--checkpoint", "x", "--tasks", "lambada_openaii", "--data-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match=r"^zeroshot: lm-eval's task lambada_openai could not read its data .*"
+                                         r"EleutherAI/lambada_openai"):
+        zeroshot.main(["--checkpoint", "x", "--tasks", "lambada_openai,wikitext", "--data-dir", str(tmp_path)])

@@ -1,0 +1,503 @@
+"""HOPE for Hugging Face transformers: `AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)`.
+
+Written next to the weights by checkpoints_convert/export_hf.py. It travels with the checkpoint, so it imports neither
+megatron nor hope_megatron: the self-modifying Titans memory (hope_math.md §2–3) is written out again below in plain
+torch, in the compact chunked form (closed-form advance of §3.4/§3.5, one triangular solve per chunk), and the layers
+follow hope_megatron.inference (parameter names of megatron's GPTModel, so model.safetensors loads unchanged).
+tests/unit/eval/test_hf_export.py holds logits, streaming and greedy generation to hope_megatron.inference.
+
+Generation: the streaming state (every memory's weights and momentum, the open chunk's pending k, v, η, α, conv
+tails, attention KV caches) is this file's HopeCache, returned as `cache` and fed back by `generate` (transformers
+>= 5.24 names it `cache`; `past_key_values` is accepted as an input too), so each new token costs one token's forward. Rows of a padded batch (attention_mask with zeros) run as
+separate streams without their pad tokens, so left or right padding never enters a memory.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration_hope import HopeConfig
+
+EPS = 1e-6  # ẑ = z / max(‖z‖, ε), and the per-head RMSNorm eps (hope_math §1, §2.6)
+CONV_WIDTH = 4  # hope_math §2.1
+
+
+# ------------------------------------------------------------------------------------------------ memory op (§2–3)
+def l2norm(z):
+    return z / z.norm(dim=-1, keepdim=True).clamp_min(EPS)
+
+
+def memory_names(op: dict) -> Tuple[str, ...]:
+    """Projection memories (C_proj grid) then M_mem (hope_math §2.3, §5.4)."""
+    if not op["self_mod"]:
+        return ("mem",)
+    on = {"k": op["inner_k"], "v": op["inner_v"], "eta": True, "alpha": op["decay"], "q": op["inner_q"]}
+    return tuple(m for m in ("k", "v", "eta", "alpha", "q") if on[m]) + ("mem",)
+
+
+def weight_names(op: dict, m: str) -> Tuple[str, ...]:
+    return (f"{m}_w1", f"{m}_w2") if op["memory_depth"] == 2 else (f"{m}_w",)
+
+
+def memory_apply(ws, z):
+    """M(z) = z + W₁ σ(W₂ z) (NL-arXiv Eq 89), or W z for a linear memory; ws [B, H, o, i], z [B, H, n, i]."""
+    if len(ws) == 2:
+        return z + F.silu(z @ ws[1].mT) @ ws[0].mT
+    return z @ ws[0].mT
+
+
+def grad_factors(ws, k, v_hat):
+    """Rank-1 factors (u_t, ẑ_t) with u_t ẑ_tᵀ = ∂‖M(k_t) − v̂_t‖²/∂W at the boundary weights, v̂ constant (§2.4)."""
+    nk = k.norm(dim=-1, keepdim=True).clamp_min(EPS)
+    if len(ws) == 1:
+        return [(nk * 2 * (k @ ws[0].mT - v_hat), k / nk)]
+    w1, w2 = ws
+    a = k @ w2.mT
+    h = F.silu(a)
+    e = 2 * (k + h @ w1.mT - v_hat)                                   # e_t = 2(M(k_t) − v̂_t)
+    s = torch.sigmoid(a)
+    delta = (e @ w1) * s * (1 + a * (1 - s))                          # δ_t = (W₁ᵀ e_t) ⊙ σ′(a_t)
+    nh = h.norm(dim=-1, keepdim=True).clamp_min(EPS)
+    return [(nh * e, h / nh), (nk * delta, k / nk)]                   # (u₁, ĥ), (u₂, k̂)
+
+
+def advance(ws, ms, factors, eta, log_alpha, op):
+    """One chunk of m_t = β m_{t−1} + u_t ẑ_tᵀ, W_t = W_{t−1}(α_t I − λ_t ẑ_t ẑ_tᵀ) − η_t m_t for every weight matrix,
+    in closed form (hope_math §3.4/§3.5: Λ = cumsum log α, κ, ρ, one unit-lower-triangular solve), then the chunk
+    clip on the memory's joint ‖(ΔW₁, ΔW₂)‖_F (§2.5). eta, log_alpha [B, H, n]."""
+    beta, n, dt = float(op["momentum"]), eta.shape[-1], eta.dtype
+    idx = torch.arange(n, device=eta.device)
+    strict, incl = idx[:, None] > idx[None, :], idx[:, None] >= idx[None, :]
+    lam = eta if op["dgd"] else torch.zeros_like(eta)                 # λ_t = η_t with DGD (§2.5)
+    cum = log_alpha.cumsum(-1)                                        # Λ_t
+    prev = cum - log_alpha                                            # Λ_{t−1}
+    decay = lambda d, mask: torch.exp(d.masked_fill(~mask, float("-inf")))  # noqa: E731  e^{Λ_a − Λ_b} on a mask
+    e_mat = decay(cum[..., :, None] - cum[..., None, :], incl) * eta[..., None, :]   # [j ≤ t] η_j e^{Λ_t − Λ_j}
+    powers = (idx[:, None] - idx[None, :]).clamp_min(0).to(dt)
+    f_mat = torch.where(strict, beta ** powers, torch.zeros((), dtype=dt, device=eta.device))  # [s < j] β^{j−s}
+    kappa = e_mat @ f_mat                                             # κ_{t,s}
+    rho = e_mat @ (beta ** (idx + 1).to(dt))                          # ρ_t
+    rho_prev = torch.cat([torch.zeros_like(rho[..., :1]), rho[..., :-1]], -1)
+    kappa_prev = torch.cat([torch.zeros_like(kappa[..., :1, :]), kappa[..., :-1, :]], -2)
+    p_mat = lam[..., :, None] * decay(prev[..., :, None] - cum[..., None, :], strict)  # Φ = P ⊙ ẐẐᵀ
+    q_mat = lam[..., :, None] * kappa_prev                            # Ψ = Q ⊙ ẐẐᵀ
+    to_end = torch.exp(cum[..., -1:] - cum)                           # e^{Λ_n − Λ_t}
+    gain = torch.expm1(cum[..., -1])[..., None, None]                 # Γ − 1
+    rho_n = rho[..., -1][..., None, None]
+    eye = torch.eye(n, dtype=dt, device=eta.device)
+    deltas, new_ms = [], []
+    for w, m, (u, z) in zip(ws, ms, factors):
+        gram = z @ z.mT
+        rhs = -eta[..., None] * u - (lam * torch.exp(prev))[..., None] * (z @ w.mT) \
+            + (lam * rho_prev)[..., None] * (z @ m.mT) + (q_mat * gram) @ u
+        rows = torch.linalg.solve_triangular(eye + p_mat * gram, rhs, upper=False, unitriangular=True) \
+            if op["dgd"] else rhs                                     # R: the value written at each token
+        written = to_end[..., None] * rows - kappa[..., -1, :, None] * u
+        deltas.append(written.mT @ z + gain * w - rho_n * m)          # W_end − W_start
+        new_ms.append(beta ** n * m + (u * (beta ** (n - 1 - idx).to(dt))[:, None]).mT @ z)
+    clip = float(op["inner_clip"])
+    if math.isinf(clip):
+        return [w + d for w, d in zip(ws, deltas)], new_ms
+    norm = torch.sqrt(sum(d.pow(2).sum((-2, -1)) for d in deltas).clamp_min(1e-30))
+    f = (clip / norm).clamp(max=1.0)[..., None, None]
+    return [w + f * d for w, d in zip(ws, deltas)], new_ms
+
+
+@dataclass
+class MemoryState:
+    """One memory layer's stream (hope_math §7.2): weights/momentum at each grid's last closed boundary, tokens seen,
+    the open chunks' k, v, η, log α (the boundary is fixed until a chunk closes), and the conv tail."""
+    weights: Dict[str, List[torch.Tensor]]
+    momentum: Dict[str, List[torch.Tensor]]
+    position: int
+    pending: Dict[str, torch.Tensor]
+    conv_tail: Optional[torch.Tensor] = None
+
+
+def _pieces(position: int, length: int, size: int):
+    """(start, n, closes) of each chunk piece of tokens position..position+length−1 on a grid of `size`."""
+    out, start, phase = [], 0, position % size
+    while start < length:
+        stop = min(start + size - phase, length)
+        out.append((start, stop - start, phase + stop - start == size))
+        start, phase = stop, 0
+    return out
+
+
+def _cat(a: dict, b: dict) -> dict:
+    return {c: torch.cat([a[c], b[c]], dim=2) for c in b} if a else b
+
+
+def _tail(d: dict, n: int) -> dict:
+    return {c: t[:, :, t.shape[2] - n:] for c, t in d.items()} if n > 0 else {}
+
+
+def _sl(d: dict, start: int, n: int) -> dict:
+    return {c: t[:, :, start:start + n] for c, t in d.items()}
+
+
+def _write(ws, ms, kvea, op, self_target):
+    """A closed chunk's write: v̂ = M(v) (self-generated, Eqs 84–86) or v (plain Titans), factors, advance, clip."""
+    v_hat = memory_apply(ws, kvea["v"]) if self_target else kvea["v"]
+    return advance(ws, ms, grad_factors(ws, kvea["k"], v_hat), kvea["eta"], kvea["log_alpha"], op)
+
+
+def titans_memory(x, q, static: dict, p: dict, op: dict, state: Optional[MemoryState]):
+    """y = M_mem(q) read at the chunk-boundary state, [B, H, L, d] (hope_math §2.6, §2.7, §3.6), and the new state.
+    Pass 1 (C_proj grid): M_k, M_v, M_η, M_α (M_q) read x̃ at their boundary, giving k, v, η, α, and write with them at
+    each chunk end. Pass 2 (C_mem grid): M_mem reads q at its boundary, then writes. State math in fp32 (fp64 inputs
+    stay fp64)."""
+    cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    p = {k: t.to(cdt) for k, t in p.items()}
+    xs, qs, st = x.to(cdt), q.to(cdt), {c: t.to(cdt) for c, t in static.items()}
+    bsz, length = x.shape[0], x.shape[2]
+    names = memory_names(op)[:-1]
+    if state is None:
+        ws0 = {m: [p[w].unsqueeze(0).expand(bsz, *p[w].shape) for w in weight_names(op, m)] for m in memory_names(op)}
+        state = MemoryState(ws0, {m: [torch.zeros_like(w) for w in v] for m, v in ws0.items()}, 0, {})
+    pos, c_proj, c_mem = state.position, op["proj_chunk_size"] or op["chunk_size"], op["chunk_size"]
+    ws, ms = dict(state.weights), dict(state.momentum)
+
+    if names:  # pass 1: the projection memories (self-referential: they write with what they produced)
+        prefix, pieces, reads = _tail(state.pending, pos % c_proj), [], []
+        for start, n, closes in _pieces(pos, length, c_proj):
+            xc, qc = xs[:, :, start:start + n], qs[:, :, start:start + n]
+            o = {m: memory_apply(ws[m], qc if m == "q" else xc) for m in names}
+            readout = lambda m: (o[m] @ p[f"{m}_readout"][:, :, None]).squeeze(-1) + p[f"{m}_bias"][:, None]  # noqa: E731
+            new = {"k": l2norm(o["k"] if "k" in o else st["k"][:, :, start:start + n]),
+                   "v": o["v"] if "v" in o else st["v"][:, :, start:start + n],
+                   "eta": op["eta_max"] * torch.sigmoid(readout("eta"))}
+            new["log_alpha"] = F.logsigmoid(readout("alpha")) if "alpha" in o else torch.zeros_like(new["eta"])
+            pieces.append(new)
+            reads.append(l2norm(o["q"]) if "q" in o else qc)
+            prefix = _cat(prefix, new)
+            if closes:
+                for m in names:
+                    ws[m], ms[m] = _write(ws[m], ms[m], prefix, op, self_target=True)
+                prefix = {}
+        kvea = {c: torch.cat([piece[c] for piece in pieces], dim=2) for c in pieces[0]}
+        q_read = torch.cat(reads, dim=2)
+    else:  # self_mod off: static channels (§2.1, §5.4)
+        eta = op["eta_max"] * torch.sigmoid(st["eta"] + p["eta_bias"][:, None])
+        la = F.logsigmoid(st["alpha"] + p["alpha_bias"][:, None]) if op["decay"] else torch.zeros_like(eta)
+        kvea, q_read = {"k": l2norm(st["k"]), "v": st["v"], "eta": eta, "log_alpha": la}, qs
+
+    prefix, ys = _tail(state.pending, pos % c_mem), []  # pass 2: M_mem
+    for start, n, closes in _pieces(pos, length, c_mem):
+        qc = q_read[:, :, start:start + n]
+        if not op["read_after_update"]:
+            ys.append(memory_apply(ws["mem"], qc))                   # read the boundary state τ_m(t)
+        prefix = _cat(prefix, _sl(kvea, start, n))
+        if closes:
+            ws["mem"], ms["mem"] = _write(ws["mem"], ms["mem"], prefix, op, self_target=op["self_mod"])
+            prefix = {}
+        if op["read_after_update"]:                                   # deltanet preset reads S_t (§10 #15)
+            ys.append(memory_apply(ws["mem"], qc))
+    end = pos + length
+    keep = max(end % c_mem, end % c_proj if names else 0)
+    new_state = MemoryState(ws, ms, end, _tail(_cat(state.pending, kvea), keep))
+    return torch.cat(ys, dim=2).to(x.dtype), new_state
+
+
+def causal_conv(x, weight, tail):
+    """conv(a)_t = Σ_{j<K} w_j a_{t−j} per channel with a_{≤0} = 0 or the carried tail (§2.1); x [B, L, C], w [C, K]."""
+    k = weight.shape[1]
+    if tail is None:
+        tail = x.new_zeros(x.shape[0], k - 1, x.shape[2])
+    padded = torch.cat([tail.to(x.dtype), x], dim=1)
+    y = F.conv1d(padded.transpose(1, 2), weight.flip(-1).unsqueeze(1).to(x.dtype), groups=x.shape[2])
+    return y.transpose(1, 2), padded[:, padded.shape[1] - (k - 1):]
+
+
+# ------------------------------------------------------------------------------------------------------- layers
+def make_norm(cfg):
+    if cfg.normalization == "RMSNorm":
+        return nn.RMSNorm(cfg.hidden_size, eps=cfg.layernorm_epsilon)
+    return nn.LayerNorm(cfg.hidden_size, eps=cfg.layernorm_epsilon)
+
+
+class MLP(nn.Module):
+    """fc2(act(fc1 x)); with a gated linear unit fc1 gives [gate; up] and act(gate) ⊙ up (hope_math §4.1)."""
+
+    def __init__(self, cfg, width: int):
+        super().__init__()
+        self.glu, self.act = cfg.gated_linear_unit, {"silu": F.silu, "gelu": F.gelu}[cfg.activation]
+        self.linear_fc1 = nn.Linear(cfg.hidden_size, width * (2 if self.glu else 1), bias=cfg.add_bias_linear)
+        self.linear_fc2 = nn.Linear(width, cfg.hidden_size, bias=cfg.add_bias_linear)
+
+    def forward(self, x):
+        h = self.linear_fc1(x)
+        if self.glu:
+            gate, up = h.chunk(2, dim=-1)
+            return self.linear_fc2(self.act(gate) * up)
+        return self.linear_fc2(self.act(h))
+
+
+class CMSLevel(nn.Module):
+    def __init__(self, cfg, width: int, own_norm: bool):
+        super().__init__()
+        if own_norm:
+            self.pre_mlp_layernorm = make_norm(cfg)
+        self.mlp = MLP(cfg, width)
+
+
+class CMS(nn.Module):
+    """Continuum Memory System (§4.1): sequential x ← x + MLP_ℓ(norm_ℓ(x)), level 1 first; independent: one norm, sum."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.independent = cfg.cms_variant == "independent"
+        if self.independent:
+            self.pre_mlp_layernorm = make_norm(cfg)
+        self.levels = nn.ModuleList([CMSLevel(cfg, w, not self.independent) for w in cfg.cms_widths])
+
+    def forward(self, x):
+        if self.independent:
+            z = self.pre_mlp_layernorm(x)
+            return x + sum(level.mlp(z) for level in self.levels)
+        for level in self.levels:
+            x = x + level.mlp(level.pre_mlp_layernorm(x))
+        return x
+
+
+class TitansMixer(nn.Module):
+    """in_proj → conv + SiLU → q ℓ2norm → titans_memory → per-head RMSNorm ⊙ SiLU(g) → out_proj (hope_math §2). The
+    in_proj layout [(name, width per head, convolved)] is read from config.json (in_proj_components), not assumed."""
+
+    def __init__(self, cfg, letter: str):
+        super().__init__()
+        self.op = dict(cfg.op_configs[letter])
+        self.heads, self.d = cfg.memory_heads, cfg.memory_head_dim
+        self.components = [tuple(c) for c in cfg.in_proj_components[letter]]
+        n_in = sum(w for _, w, _ in self.components) * self.heads
+        n_conv = sum(w for _, w, conv in self.components if conv) * self.heads
+        self.in_proj = nn.Linear(cfg.hidden_size, n_in, bias=False)
+        self.conv_weight = nn.Parameter(torch.zeros(n_conv, CONV_WIDTH))
+        r, names = int(self.op["expansion"]), memory_names(self.op)
+        shapes = {}
+        for m in names:
+            if self.op["memory_depth"] == 2:
+                shapes.update({f"{m}_w1": (self.heads, self.d, r * self.d), f"{m}_w2": (self.heads, r * self.d, self.d)})
+            else:
+                shapes[f"{m}_w"] = (self.heads, self.d, self.d)
+        for m in ("eta", "alpha"):
+            if m in names:
+                shapes[f"{m}_readout"] = (self.heads, self.d)
+        shapes["eta_bias"] = (self.heads,)
+        if self.op["decay"]:
+            shapes["alpha_bias"] = (self.heads,)
+        self.meta = nn.ParameterDict({k: nn.Parameter(torch.zeros(s)) for k, s in shapes.items()})
+        self.out_norm_weight = nn.Parameter(torch.ones(self.heads, self.d))
+        self.out_proj = nn.Linear(self.heads * self.d, cfg.hidden_size, bias=cfg.add_bias_linear)
+
+    def _heads(self, t):  # [B, L, H*w] -> [B, H, L, w]
+        return t.reshape(t.shape[0], t.shape[1], self.heads, -1).permute(0, 2, 1, 3)
+
+    def forward(self, h, state: Optional[MemoryState]):
+        parts = dict(zip([c[0] for c in self.components],
+                         self.in_proj(h).split([w * self.heads for _, w, _ in self.components], dim=-1)))
+        conv_names = [name for name, _, conv in self.components if conv]
+        conv, tail = causal_conv(torch.cat([parts[n] for n in conv_names], -1), self.conv_weight,
+                                 state.conv_tail if state is not None else None)
+        conv = dict(zip(conv_names, F.silu(conv).split([w * self.heads for n, w, c in self.components if c], -1)))
+        q = l2norm(self._heads(conv["q"]))
+        x = self._heads(conv["x"]) if "x" in conv else q  # x̃ exists only when a projection memory reads it (§10 #18)
+        static = {n: self._heads(conv[n]) if n in conv else self._heads(parts[n]).squeeze(-1)
+                  for n, _, _ in self.components if n not in ("x", "q", "g")}
+        y, state = titans_memory(x, q, static, dict(self.meta.items()), self.op, state)
+        state.conv_tail = tail
+        yf = y.float()
+        yf = yf * torch.rsqrt(yf.pow(2).mean(-1, keepdim=True) + EPS) * self.out_norm_weight.float()[None, :, None]
+        o = yf.to(y.dtype) * F.silu(self._heads(parts["g"]))
+        return self.out_proj(o.permute(0, 2, 1, 3).reshape(h.shape[0], h.shape[1], -1)), state
+
+
+class SelfAttention(nn.Module):
+    """megatron SelfAttention: QKV grouped per query group [q_g | k_g | v_g], RoPE (non-interleaved), causal softmax,
+    optional sliding window (W layers see the `window` tokens before them). State: (k, v, position) after RoPE."""
+
+    def __init__(self, cfg, window: Optional[int]):
+        super().__init__()
+        self.np, self.ng, self.hn = cfg.num_attention_heads, cfg.num_query_groups, cfg.kv_channels
+        self.window, self.base = window, cfg.rotary_base
+        self.linear_qkv = nn.Linear(cfg.hidden_size, (self.np + 2 * self.ng) * self.hn, bias=cfg.add_bias_linear)
+        self.linear_proj = nn.Linear(self.np * self.hn, cfg.hidden_size, bias=cfg.add_bias_linear)
+
+    def rope(self, t, pos):
+        inv = 1.0 / (self.base ** (torch.arange(0, self.hn, 2, dtype=torch.float32, device=t.device) / self.hn))
+        ang = torch.outer(pos.to(torch.float32), inv)
+        ang = torch.cat((ang, ang), -1)[None, None]
+        x1, x2 = t.chunk(2, dim=-1)
+        return t * ang.cos().to(t.dtype) + torch.cat((-x2, x1), -1) * ang.sin().to(t.dtype)
+
+    def forward(self, h, state):
+        b, n, _ = h.shape
+        start = 0 if state is None else state[2]
+        per = self.np // self.ng
+        qkv = self.linear_qkv(h).view(b, n, self.ng, (per + 2) * self.hn)
+        q, k, v = qkv.split([per * self.hn, self.hn, self.hn], dim=-1)
+        pos = torch.arange(start, start + n, device=h.device)
+        q = self.rope(q.reshape(b, n, self.np, self.hn).transpose(1, 2), pos)
+        k, v = self.rope(k.transpose(1, 2), pos), v.transpose(1, 2)
+        if state is not None:
+            k, v = torch.cat([state[0], k], 2), torch.cat([state[1], v], 2)
+        kpos = torch.arange(start + n - k.shape[2], start + n, device=h.device)
+        scores = q @ k.repeat_interleave(per, 1).mT / math.sqrt(self.hn)
+        allowed = kpos[None, :] <= pos[:, None]
+        if self.window is not None:
+            allowed &= kpos[None, :] >= pos[:, None] - self.window
+        probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")).float(), -1).to(q.dtype)
+        out = (probs @ v.repeat_interleave(per, 1)).transpose(1, 2).reshape(b, n, -1)
+        if self.window is not None:
+            k, v = k[:, :, -self.window:], v[:, :, -self.window:]
+        return self.linear_proj(out), (k, v, start + n)
+
+
+class HopeLayer(nn.Module):
+    """x + Mixer(norm(x)), then the CMS stack or one MLP (hope_math §5.1)."""
+
+    def __init__(self, cfg, letter: str):
+        super().__init__()
+        self.input_layernorm = make_norm(cfg)
+        self.self_attention = TitansMixer(cfg, letter) if letter in "HTD" else \
+            SelfAttention(cfg, cfg.swa_window if letter == "W" else None)
+        self.uses_cms = cfg.uses_cms
+        if self.uses_cms:
+            self.mlp = CMS(cfg)
+        else:
+            self.pre_mlp_layernorm = make_norm(cfg)
+            self.mlp = MLP(cfg, cfg.ffn_hidden_size)
+
+    def forward(self, x, state):
+        out, state = self.self_attention(self.input_layernorm(x), state)
+        x = x + out
+        return (self.mlp(x) if self.uses_cms else x + self.mlp(self.pre_mlp_layernorm(x))), state
+
+
+# ------------------------------------------------------------------------------------------------ transformers API
+class HopeCache:
+    """The streaming state `generate` carries: one entry per layer and the columns consumed (pads included). `rows`
+    holds one HopeCache per batch row once a padded batch has been seen (rows then stream separately)."""
+    is_croppable = False
+
+    def __init__(self, layers=None, position: int = 0, rows=None):
+        self.layers, self.position, self.rows = layers, position, rows
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.position
+
+
+@dataclass
+class HopeCausalLMOutput(ModelOutput):
+    loss: Optional[torch.FloatTensor] = None
+    logits: Optional[torch.FloatTensor] = None
+    cache: Optional[HopeCache] = None
+
+
+class _Embedding(nn.Module):
+    def __init__(self, vocab: int, hidden: int):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(vocab, hidden)
+
+
+class _Decoder(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.layers = nn.ModuleList([HopeLayer(cfg, c) for c in cfg.layer_letters])
+        self.final_layernorm = make_norm(cfg)
+
+
+class HopeForCausalLM(PreTrainedModel, GenerationMixin):
+    config_class = HopeConfig
+    base_model_prefix = "decoder"
+    main_input_name = "input_ids"
+    _is_stateful = True  # a recurrent state cannot be rewound (no assisted generation)
+    _no_split_modules = ["HopeLayer"]
+
+    def __init__(self, config: HopeConfig):
+        super().__init__(config)
+        self.embedding = _Embedding(config.vocab_size, config.hidden_size)
+        self.decoder = _Decoder(config)
+        self.tied = bool(config.share_embeddings_and_output_weights)
+        if not self.tied:
+            self.output_layer = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # the state is HopeCache, built by forward, never a transformers DynamicCache
+
+    def _init_weights(self, module):  # only for a model built from a config alone; from_pretrained loads every weight
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+
+    def get_input_embeddings(self):
+        return self.embedding.word_embeddings
+
+    def get_output_embeddings(self):
+        return None if self.tied else self.output_layer
+
+    def _forward_tokens(self, tokens, cache: Optional[HopeCache]):
+        x = self.embedding.word_embeddings(tokens)
+        states = cache.layers if cache is not None else [None] * len(self.decoder.layers)
+        new = []
+        for layer, st in zip(self.decoder.layers, states):
+            x, st = layer(x, st)
+            new.append(st)
+        x = self.decoder.final_layernorm(x)
+        w = self.embedding.word_embeddings.weight if self.tied else self.output_layer.weight
+        return F.linear(x, w), HopeCache(new, (cache.position if cache is not None else 0) + tokens.shape[1])
+
+    def forward(self, input_ids=None, attention_mask=None, cache=None, past_key_values=None, labels=None,
+                use_cache=None, return_dict=None, **kwargs):
+        if input_ids is None:
+            raise ValueError("HopeForCausalLM needs input_ids (inputs_embeds are not supported).")
+        cache = cache if cache is not None else past_key_values
+        b, n = input_ids.shape
+        mask = attention_mask[:, -n:].bool() if attention_mask is not None else None
+        if (cache is not None and cache.rows is not None) or (mask is not None and not bool(mask.all())):
+            # a padded batch: each row streams its real tokens only (pads never enter a memory or a KV cache)
+            rows = cache.rows if cache is not None and cache.rows is not None else \
+                [cache if cache is not None and b == 1 else None for _ in range(b)]
+            logits, new_rows = None, []
+            for r in range(b):
+                keep = mask[r] if mask is not None else torch.ones(n, dtype=torch.bool, device=input_ids.device)
+                if bool(keep.any()):
+                    lg, st = self._forward_tokens(input_ids[r:r + 1, keep], rows[r])
+                    if logits is None:
+                        logits = lg.new_zeros(b, n, lg.shape[-1])
+                    logits[r, keep] = lg[0]
+                else:
+                    st = rows[r]
+                new_rows.append(st)
+            if logits is None:
+                raise ValueError("attention_mask masks every token of the batch; nothing to run.")
+            new_cache = HopeCache(None, (cache.position if cache is not None else 0) + n, new_rows)
+        else:
+            logits, new_cache = self._forward_tokens(input_ids, cache)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                                   ignore_index=-100)
+        use_cache = getattr(self.config, "use_cache", True) if use_cache is None else use_cache
+        keep_cache = new_cache if use_cache else None
+        if return_dict is False:
+            return tuple(t for t in (loss, logits, keep_cache) if t is not None)
+        return HopeCausalLMOutput(loss=loss, logits=logits, cache=keep_cache)
+
+    def prepare_inputs_for_generation(self, input_ids, cache=None, past_key_values=None, attention_mask=None,
+                                      use_cache=True, **kwargs):
+        cache = cache if cache is not None else past_key_values
+        if cache is not None:  # only the columns the state has not consumed yet
+            input_ids = input_ids[:, cache.position:]
+        return {"input_ids": input_ids, "cache": cache, "attention_mask": attention_mask, "use_cache": use_cache}
