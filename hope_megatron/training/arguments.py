@@ -170,16 +170,6 @@ def _add_hope_flag(group, name: str, type_str: str, default, help_: str) -> None
         group.add_argument(flag, type=str, default=None, help=help_, **({"choices": list(choices)} if choices else {}))
 
 
-def hope_overrides(args) -> dict:
-    """The HOPE values the user set (YAML or flags), to apply on top of the variant preset."""
-    out = {}
-    for name, _, _, _ in hope_fields():
-        value = getattr(args, name, None)
-        if value is not None and name != "hope_variant":
-            out[name] = list(value) if isinstance(value, tuple) else value
-    return out
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hope-train", description="Train HOPE (or a baseline) on megatron-core.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -318,7 +308,7 @@ def _validate_model(args, errors) -> None:
     if errors:
         return
     try:
-        from hope_megatron.training.model_setup import build_config
+        from hope_megatron.training.model_config import build_config
 
         build_config(args, configure=False)
     except ValueError as e:

@@ -211,7 +211,7 @@ def test_ablation_changes_only_what_it_declares(path):
 def test_config_builds_a_hope_config(path):
     try:
         from hope_megatron.training.arguments import parse_args
-        from hope_megatron.training.model_setup import build_config
+        from hope_megatron.training.model_config import build_config
     except ImportError as e:
         pytest.skip(f"training CLI not importable yet: {e}")
     args = parse_args(["--config", path, "--mock-data"])

@@ -60,3 +60,27 @@ def test_no_data_is_an_error():
     args = parse_args(["--num-layers", "2"])
     with pytest.raises(ValueError, match="--data-path"):
         validate_args(args)
+
+
+def test_arguments_and_model_setup_do_not_import_each_other():
+    """The CLI's validation and the model set-up share training/model_config.py; neither imports the other."""
+    import ast
+    import os
+
+    import hope_megatron.training as training
+
+    root = os.path.dirname(training.__file__)
+
+    def imported(name):
+        tree = ast.parse(open(os.path.join(root, name + ".py"), encoding="utf-8").read())
+        mods = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                mods.add(node.module)
+            elif isinstance(node, ast.Import):
+                mods.update(a.name for a in node.names)
+        return mods
+
+    assert "hope_megatron.training.model_setup" not in imported("arguments")
+    assert "hope_megatron.training.arguments" not in imported("model_setup")
+    assert "hope_megatron.training.model_config" in imported("arguments") & imported("model_setup")
