@@ -101,15 +101,16 @@ def pretrain(args, level_of=None, hooks=None) -> dict:
     platform.initialize(args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
                         args.virtual_pipeline_model_parallel_size, seed=args.seed)
     device = platform.device()
+    tokenizer = data.build_tokenizer_from_args(args)
+    # the tokenizer's vocabulary and the table megatron pads it to (grows with TP; masked, models/builder.py)
+    args.real_vocab_size = int(tokenizer.vocab_size)
+    args.padded_vocab_size = vocab = data.padded_vocab_size(
+        tokenizer.vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size)
     args_dict = resolved_config(args)
     print_rank0("------------------------ hope-train arguments ------------------------\n" + format_config(args))
 
-    tokenizer = data.build_tokenizer_from_args(args)
-    vocab = data.padded_vocab_size(tokenizer.vocab_size, args.make_vocab_size_divisible_by,
-                                   args.tensor_model_parallel_size)
     config = build_config(args)
-    torch.manual_seed(args.seed)  # the same full weights on every layout (use_cpu_initialization slices them)
-    chunks = build_model_chunks(args, config, vocab)
+    chunks = build_model_chunks(args, config, args.real_vocab_size, vocab)  # every weight drawn full from --seed
     if hooks is not None and hasattr(hooks, "after_build"):  # tests: e.g. layout-independent weights
         hooks.after_build(chunks)
     model = wrap_ddp(args, config, chunks)

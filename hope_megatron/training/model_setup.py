@@ -9,8 +9,10 @@ import torch
 from hope_megatron.training.model_config import build_config, transformer_config_kwargs  # noqa: F401 (re-exported)
 
 
-def build_model_chunks(args, config, vocab_size: int):
-    """This rank's model chunks (one, or one per virtual stage), built from the same full weights on every layout."""
+def build_model_chunks(args, config, vocab_size: int, padded_vocab_size: int = None, init: bool = True):
+    """This rank's model chunks (one, or one per virtual stage). `vocab_size` is the tokenizer's; the tables hold
+    `padded_vocab_size` rows. With `init`, every parameter is drawn full from (--seed, its name) and sliced, so every
+    layout starts from the same weights (models/seeded_init.py); the converter, which loads weights, passes False."""
     from megatron.core import parallel_state as ps
 
     vpp = args.virtual_pipeline_model_parallel_size
@@ -18,17 +20,18 @@ def build_model_chunks(args, config, vocab_size: int):
     for vp in (range(vpp) if vpp else [None]):
         pre = ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp)
         post = ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp)
-        chunks.append(_build_one(args, config, vocab_size, pre, post, vp))
+        chunks.append(_build_one(args, config, vocab_size, padded_vocab_size, pre, post, vp, init))
     return chunks
 
 
-def _build_one(args, config, vocab_size, pre, post, vp):
+def _build_one(args, config, vocab_size, padded_vocab_size, pre, post, vp, init):
     from hope_megatron.models import build_model
 
     return build_model(config, vocab_size, args.max_position_embeddings, pre_process=pre, post_process=post,
                        vp_stage=vp, transformer_impl=args.transformer_impl,
                        share_embeddings_and_output_weights=not args.untie_embeddings_and_output_weights,
-                       rotary_base=args.rotary_base)
+                       rotary_base=args.rotary_base, padded_vocab_size=padded_vocab_size,
+                       seed=args.seed if init else None)
 
 
 def cms_level_fn():
@@ -72,7 +75,25 @@ def build_scheduler(args, optimizer):
 
 
 def count_parameters(chunks) -> int:
-    """Parameters on this rank, counting each TP-replicated tensor once (for the start-up summary)."""
+    """Parameters on this rank as the model's size: each TP-replicated tensor once, no vocabulary padding row (the
+    padding grows with TP) and not the last stage's copy of a tied embedding (it exists only under PP)."""
+    from megatron.core import parallel_state as ps
     from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
 
-    return sum(p.numel() for c in chunks for p in c.parameters() if param_is_not_tensor_parallel_duplicate(p))
+    total = 0
+    for c in chunks:
+        m = getattr(c, "module", c)
+        real = getattr(m, "real_vocab_size", None)
+        tied = getattr(m, "share_embeddings_and_output_weights", False)
+        for name, p in m.named_parameters():
+            if not param_is_not_tensor_parallel_duplicate(p):
+                continue
+            if name == "output_layer.weight" and tied and not m.pre_process:
+                continue
+            if name in ("embedding.word_embeddings.weight", "output_layer.weight") and real is not None:
+                rows = p.shape[0]  # this rank's rows [rank*rows, (rank+1)*rows) of the padded table
+                start = ps.get_tensor_model_parallel_rank() * rows
+                total += max(0, min(rows, real - start)) * p[0].numel()
+            else:
+                total += p.numel()
+    return total
