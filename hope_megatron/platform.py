@@ -9,6 +9,7 @@ megatron-core 0.16.1's own schedules, DDP, optimizer and dist_checkpointing run 
   C  a process-global TorchFunctionMode mapping device="cuda" / .cuda() / .to("cuda") to CPU   (schedules, clip_grads)
   D  in the same mode, a bare Tensor.type() reports "torch.cuda.<X>Tensor"   (optimizer dtype asserts)
   E  torch.cuda.synchronize() is a no-op                             (p2p, checkpoint save)
+  G  megatron's torch-FSDP2 wrapper gets a CPU device mesh            (--use-torch-fsdp2)
 
 and, wherever megatron's optimizers fall back to torch's AdamW (no apex / TE, so every CPU machine), one more:
 
@@ -145,7 +146,22 @@ def install_cpu_compat() -> None:
     mrandom._set_cuda_rng_state = lambda state, *a, **k: torch.set_rng_state(state)
     _MODE = _CudaToCpuMode()
     _MODE.__enter__()  # C + D: process-global
+    _install_cpu_device_mesh()  # G
     _COMPAT_INSTALLED = True
+
+
+def _install_cpu_device_mesh() -> None:
+    """Redirect G: megatron's torch-FSDP2 wrapper builds `DeviceMesh.from_group(dp_group, "cuda")`; FSDP2 then places
+    every shard on "the current CUDA device". On CPU its mesh is a CPU mesh (FSDP2 runs on gloo)."""
+    from megatron.core.distributed import torch_fully_sharded_data_parallel as tfsdp
+    from torch.distributed.device_mesh import DeviceMesh
+
+    class _CpuDeviceMesh:
+        @staticmethod
+        def from_group(group, device_type, *args, **kwargs):
+            return DeviceMesh.from_group(group, "cpu" if device_type == "cuda" else device_type, *args, **kwargs)
+
+    tfsdp.DeviceMesh = _CpuDeviceMesh
 
 
 def cpu_compat_active() -> bool:

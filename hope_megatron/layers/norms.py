@@ -18,10 +18,11 @@ class LocalNorm:
     """torch.nn.RMSNorm or torch.nn.LayerNorm per config.normalization, parameters tagged for sequence parallel."""
 
     def __new__(cls, config, hidden_size: int, eps: float = 1e-5, **unused):
+        dtype = config.params_dtype  # as every other weight (FSDP shards a layer's parameters as one dtype)
         if config.normalization == "RMSNorm":
-            norm = torch.nn.RMSNorm(hidden_size, eps=eps)
+            norm = torch.nn.RMSNorm(hidden_size, eps=eps, dtype=dtype)
         elif config.normalization == "LayerNorm":
-            norm = torch.nn.LayerNorm(hidden_size, eps=eps)
+            norm = torch.nn.LayerNorm(hidden_size, eps=eps, dtype=dtype)
         else:
             raise ValueError(f"normalization={config.normalization!r} is not supported by the local backend; use "
                              f"RMSNorm or LayerNorm.")

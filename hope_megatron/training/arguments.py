@@ -42,6 +42,8 @@ _MEGATRON_FLAGS = {
         ("--sequence-parallel", bool, False, "Megatron sequence parallelism (needs TP > 1)"),
         ("--use-distributed-optimizer", bool, False, "shard optimizer state over DP (ZeRO-1)"),
         ("--overlap-grad-reduce", bool, False, "overlap the DP gradient reduce with the backward pass"),
+        ("--use-torch-fsdp2", bool, False, "FSDP (ZeRO-3): shard parameters, gradients and optimizer state over DP "
+                                           "with megatron-core's torch-FSDP2 wrapper; one FSDP unit per layer"),
         ("--ddp-bucket-size", int, None, "DDP bucket size in elements"),
     ],
     "training": [
@@ -258,6 +260,14 @@ def validate_args(args) -> None:
     if args.global_batch_size % (args.micro_batch_size * dp) != 0:
         errors.append(f"--global-batch-size {args.global_batch_size} is not divisible by --micro-batch-size "
                       f"{args.micro_batch_size} x data-parallel size {dp}.")
+    if args.use_torch_fsdp2:
+        fsdp_conflict = next((f for f, on in (("--use-distributed-optimizer", args.use_distributed_optimizer),
+                                               ("--overlap-grad-reduce", args.overlap_grad_reduce),
+                                               ("--pipeline-model-parallel-size > 1", pp > 1)) if on), None)
+        if fsdp_conflict:
+            errors.append(f"--use-torch-fsdp2 cannot be combined with {fsdp_conflict}: FSDP already shards the "
+                          f"optimizer state and overlaps its own gradient reduce-scatters, and it runs without "
+                          f"pipeline stages; drop one of the two.")
     if args.sequence_parallel and tp == 1:
         errors.append("--sequence-parallel needs --tensor-model-parallel-size > 1.")
     if args.fp8_format and args.transformer_impl != "transformer_engine":

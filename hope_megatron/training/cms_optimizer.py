@@ -109,8 +109,9 @@ class CMSGate:
             if level >= len(self.clocks):
                 raise ValueError(f"parameter {name} belongs to CMS level {level} but only {len(self.clocks)} "
                                  f"periods were given; pass --cms-periods with one period per level.")
+            # zeros_like: under FSDP the main parameter is a DTensor shard and so is its accumulator
             self.entries.append(_Entry(level, name, main, model, opt,
-                                       torch.zeros(main.shape, dtype=torch.float32, device=main.device)))
+                                       torch.zeros_like(main, dtype=torch.float32).detach()))
         # every CMS parameter of this rank's chunks in named_parameters order, the same on every DP rank (under the
         # distributed optimizer a DP rank has entries only for the parameters it holds a slice of)
         self.cms_params: List[Tuple[str, torch.nn.Parameter]] = []

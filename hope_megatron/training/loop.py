@@ -14,7 +14,7 @@ from functools import partial
 import torch
 import torch.distributed as dist
 
-from hope_megatron.training import checkpointing, data, flops
+from hope_megatron.training import checkpointing, data, flops, fsdp
 from hope_megatron.training.arguments import cms_schedule, format_config, resolved_config, validate_args
 from hope_megatron.training.cms_optimizer import CMSGate, gated_step
 from hope_megatron.training.logging import TensorBoard, Throughput, print_rank0, progress_line
@@ -134,7 +134,8 @@ def pretrain(args, level_of=None, hooks=None) -> dict:
 
     iteration, consumed = 0, 0
     if args.load:
-        iteration, consumed = checkpointing.load_checkpoint(args.load, model, optimizer, scheduler, gate, args)
+        with fsdp.full_view(model, optimizer, gate, loading=True):
+            iteration, consumed = checkpointing.load_checkpoint(args.load, model, optimizer, scheduler, gate, args)
         print_rank0(f"loaded {args.load} at iteration {iteration} (consumed samples {consumed})")
 
     train_ds, valid_ds, _ = data.build_datasets(args, tokenizer)
@@ -166,8 +167,9 @@ def pretrain(args, level_of=None, hooks=None) -> dict:
         nonlocal last_saved
         if args.save and last_saved != it:
             t0 = time.perf_counter()
-            checkpointing.save_checkpoint(args.save, it, model, optimizer, scheduler, gate, consumed,
-                                          args_dict, save_optim=not args.no_save_optim)
+            with fsdp.full_view(model, optimizer, gate, loading=False):  # FSDP: megatron's own layout
+                checkpointing.save_checkpoint(args.save, it, model, optimizer, scheduler, gate, consumed,
+                                              args_dict, save_optim=not args.no_save_optim)
             last_saved = it
             print_rank0(f"saved checkpoint {checkpointing.iteration_dir(args.save, it)} "
                         f"({time.perf_counter() - t0:.1f} s)")

@@ -42,7 +42,13 @@ def cms_level_fn():
 
 
 def wrap_ddp(args, config, chunks):
+    """megatron's DistributedDataParallel around each chunk, or its torch-FSDP2 wrapper with --use-torch-fsdp2."""
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+    if args.use_torch_fsdp2:
+        from hope_megatron.training import fsdp
+
+        return [fsdp.wrap(config, DistributedDataParallelConfig(), c) for c in chunks]
 
     ddp_cfg = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True, overlap_grad_reduce=args.overlap_grad_reduce,
@@ -93,7 +99,7 @@ def count_parameters(chunks) -> int:
             if name in ("embedding.word_embeddings.weight", "output_layer.weight") and real is not None:
                 rows = p.shape[0]  # this rank's rows [rank*rows, (rank+1)*rows) of the padded table
                 start = ps.get_tensor_model_parallel_rank() * rows
-                total += max(0, min(rows, real - start)) * p[0].numel()
+                total += max(0, min(rows, real - start)) * (p.numel() // max(rows, 1))
             else:
                 total += p.numel()
     return total
