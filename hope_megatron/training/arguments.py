@@ -270,6 +270,9 @@ def validate_args(args) -> None:
                           f"pipeline stages; drop one of the two.")
     if args.sequence_parallel and tp == 1:
         errors.append("--sequence-parallel needs --tensor-model-parallel-size > 1.")
+    elif args.sequence_parallel and args.seq_length % tp != 0:
+        errors.append(f"--sequence-parallel splits the sequence over TP: --seq-length {args.seq_length} is not "
+                      f"divisible by --tensor-model-parallel-size {tp}.")
     if args.fp8_format and args.transformer_impl != "transformer_engine":
         errors.append("--fp8-format needs --transformer-impl transformer_engine.")
     if (args.fp8_format or args.transformer_impl == "transformer_engine") and not _te_available():

@@ -46,6 +46,12 @@ def test_tiny_yaml_parses_and_validates():
     (["--transformer-impl", "transformer_engine"], "1", "Transformer Engine"),
     (["--cms-levels", "2", "--cms-periods", "1"], "1", "cms_periods has 1 entries"),
     (["--save-interval", "5"], "1", "--save-interval needs --save"),
+    (["--sequence-parallel", "--tensor-model-parallel-size", "2", "--seq-length", "17"], "2",
+     "--seq-length 17 is not divisible by --tensor-model-parallel-size 2"),
+    (["--use-torch-fsdp2", "--use-distributed-optimizer"], "2",
+     "--use-torch-fsdp2 cannot be combined with --use-distributed-optimizer"),
+    (["--use-torch-fsdp2", "--pipeline-model-parallel-size", "2"], "2",
+     "--use-torch-fsdp2 cannot be combined with --pipeline-model-parallel-size > 1"),
 ])
 def test_impossible_combinations_stop_with_one_sentence(monkeypatch, argv, env, fragment):
     monkeypatch.setenv("WORLD_SIZE", env)
