@@ -79,8 +79,8 @@ class _FullSwap:
         if not _is_dtensor(t):
             return t
         if id(t) not in self.made:
-            self.made[id(t)] = (t, self.full_params.get(id(t), None) if id(t) in self.full_params
-                                else t.full_tensor())
+            full = self.full_params[id(t)] if id(t) in self.full_params else t.full_tensor()
+            self.made[id(t)] = (t, full)
         return self.made[id(t)][1]
 
     def swap_in(self, lst) -> None:
