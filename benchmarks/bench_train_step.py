@@ -25,8 +25,9 @@ def _param_count(argv) -> int:
 
     args = parse_args(argv)
     platform.initialize(seed=args.seed)
-    vocab = padded_vocab_size(build_tokenizer_from_args(args).vocab_size, args.make_vocab_size_divisible_by, 1)
-    return count_parameters(build_model_chunks(args, build_config(args), vocab))
+    real = build_tokenizer_from_args(args).vocab_size
+    vocab = padded_vocab_size(real, args.make_vocab_size_divisible_by, 1)
+    return count_parameters(build_model_chunks(args, build_config(args), real, vocab, init=False))
 
 
 def _matched_ffn(base, target: int, hidden: int) -> tuple[int, int]:

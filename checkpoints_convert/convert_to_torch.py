@@ -6,8 +6,10 @@ One CPU process: a 1-rank gloo group (platform.initialize), a TP=1/PP=1 template
 in the checkpoint, megatron's dist_checkpointing.load resharding every tensor into it (megatron_core_notes.md pain
 point 7). Writes OUT/model.safetensors (fp32, megatron GPTModel parameter names), OUT/config.json (the HopeConfig
 fields that define the model, per-letter op configs, vocab and sequence length) and the tokenizer file the arguments
-name, if it exists. hope_megatron.inference.load_model(OUT) reads the result without megatron. --hf then adds what
-transformers needs (export_hf.py: config keys, remote code, tokenizer files), in place.
+name, if it exists. Only the tokenizer's vocabulary is kept: the rows megatron padded the tables with (their number
+depends on the TP size the checkpoint was saved at) are dropped, so the export is the same from any layout.
+hope_megatron.inference.load_model(OUT) reads the result without megatron. --hf then adds what transformers needs
+(export_hf.py: config keys, remote code, tokenizer files), in place.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Optional, Tuple
 import torch
 
 TRACKER = "latest_checkpointed_iteration.txt"
+VOCAB_TABLES = ("embedding.word_embeddings.weight", "output_layer.weight")  # rows = vocabulary (+ padding)
 # HopeConfig / TransformerConfig fields that define the model's function (config.json).
 MODEL_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "kv_channels",
                 "ffn_hidden_size", "normalization", "layernorm_epsilon", "gated_linear_unit", "add_bias_linear")
@@ -79,6 +82,7 @@ def template_namespace(args: dict) -> argparse.Namespace:
 
 
 def global_vocab_size(path: str) -> int:
+    """Rows of the saved embedding table (the padded vocabulary of the layout it was saved at)."""
     from megatron.core import dist_checkpointing
 
     meta = dist_checkpointing.load_tensors_metadata(path)
@@ -88,13 +92,33 @@ def global_vocab_size(path: str) -> int:
     return int(meta[key].global_shape[0])
 
 
-def build_template(args: dict, vocab: int):
-    """(HopeConfig, GPTModel) at TP=1/PP=1 built exactly as training builds a stage (model_setup)."""
+def real_vocab_size(args: dict, padded: int) -> int:
+    """The tokenizer's vocabulary: recorded by training (`real_vocab_size`), else rebuilt from the saved tokenizer
+    arguments; a checkpoint whose tokenizer cannot be rebuilt here keeps every saved row (with a warning)."""
+    real = args.get("real_vocab_size")
+    if real is None:
+        try:
+            from hope_megatron.training.data import build_tokenizer_from_args
+
+            real = int(build_tokenizer_from_args(argparse.Namespace(**args)).vocab_size)
+        except Exception as e:  # noqa: BLE001 - a missing tokenizer file only costs the padding rows
+            print(f"warning: the checkpoint does not record its tokenizer's vocabulary and the tokenizer could not be "
+                  f"rebuilt ({type(e).__name__}: {e}); keeping all {padded} saved rows.", file=sys.stderr)
+            return padded
+    if not 1 <= int(real) <= padded:
+        fail(f"the checkpoint's vocabulary ({real}) does not fit its {padded}-row embedding table; it was saved by "
+             f"different code.")
+    return int(real)
+
+
+def build_template(args: dict, vocab: int, padded: Optional[int] = None):
+    """(HopeConfig, GPTModel, namespace) at TP=1/PP=1 built exactly as training builds a stage (model_setup), with
+    `padded` table rows (default `vocab`); no initialisation draw (the weights are loaded into it)."""
     from hope_megatron.training.model_setup import build_config, build_model_chunks
 
     ns = template_namespace(args)
     config = build_config(ns)
-    (model,) = build_model_chunks(ns, config, vocab)
+    (model,) = build_model_chunks(ns, config, vocab, padded or vocab, init=False)
     return config, model, ns
 
 
@@ -115,8 +139,9 @@ def model_config_json(config, ns, vocab: int) -> dict:
     return out
 
 
-def load_full_state_dict(path: str, model) -> dict:
-    """dist_checkpointing.load into the TP=1/PP=1 template; returns {name: fp32 tensor} of every parameter."""
+def load_full_state_dict(path: str, model, vocab: int) -> dict:
+    """dist_checkpointing.load into the TP=1/PP=1 template; returns {name: fp32 tensor} of every parameter, the
+    vocabulary tables cut to their first `vocab` (real) rows."""
     from megatron.core import dist_checkpointing
 
     try:
@@ -125,7 +150,13 @@ def load_full_state_dict(path: str, model) -> dict:
         fail(f"{path} could not be loaded into the model its arguments describe ({type(e).__name__}: {e}); the "
              f"checkpoint is partial or was saved by different code.")
     model.load_state_dict(state["model"])
-    return {n: p.detach().to(torch.float32).contiguous().clone() for n, p in model.named_parameters()}
+    out = {}
+    for n, p in model.named_parameters():
+        t = p.detach().to(torch.float32)
+        if n in VOCAB_TABLES:
+            t = t[:vocab]
+        out[n] = t.contiguous().clone()
+    return out
 
 
 def copy_tokenizer(ns, output: str) -> Optional[str]:
@@ -149,9 +180,10 @@ def convert(load: str, output: str, iteration: Optional[int] = None) -> dict:
 
     path, iteration = resolve_iteration_dir(load, iteration)
     args = saved_args(path)
-    vocab = global_vocab_size(path)
-    config, model, ns = build_template(args, vocab)
-    sd = load_full_state_dict(path, model)
+    padded = global_vocab_size(path)
+    vocab = real_vocab_size(args, padded)
+    config, model, ns = build_template(args, vocab, padded)
+    sd = load_full_state_dict(path, model, vocab)
     os.makedirs(output, exist_ok=True)
     cfg = model_config_json(config, ns, vocab)
     cfg.update(iteration=iteration, source=os.path.abspath(load),

@@ -9,7 +9,8 @@
 #   layout     GPUS_PER_NODE NNODES NODE_RANK MASTER_ADDR MASTER_PORT (SLURM_NNODES, SLURM_NODEID,
 #              SLURM_JOB_NODELIST via scontrol and SLURM_GPUS_ON_NODE are read when present)
 #   parallel   TP PP (DP = world / (TP x PP)), VPP_LAYERS (layers per virtual stage), SEQUENCE_PARALLEL=1,
-#              DISTRIBUTED_OPTIMIZER=0|1, RECOMPUTE=full|selective
+#              DISTRIBUTED_OPTIMIZER=0|1 (default 1 when DP > 1), FSDP=1 (ZeRO-3 through torch FSDP2, PP=1,
+#              instead of the distributed optimizer), RECOMPUTE=full|selective
 #   batch      MICRO_BATCH GLOBAL_BATCH SEQ_LEN TRAIN_ITERS
 #   precision  BF16=1 (default on GPU) | FP8=1 (hybrid E4M3/E5M2 through Transformer Engine) | TRANSFORMER_IMPL
 #   paths      CONFIG DATA_PATH (prefix, or "W1 P1 W2 P2" blend) TOKENIZER_MODEL CHECKPOINT_DIR TENSORBOARD_DIR
@@ -157,7 +158,16 @@ hope_launch() {
   local sp=${SEQUENCE_PARALLEL:-${DEF_SEQUENCE_PARALLEL:-0}}
   [ "$tp" -gt 1 ] || sp=0  # sequence parallelism only exists with TP > 1
   [ "$sp" != 1 ] || cmd+=(--sequence-parallel)
-  local dopt=${DISTRIBUTED_OPTIMIZER:-${DEF_DISTRIBUTED_OPTIMIZER:-$([ "$dp" -gt 1 ] && echo 1 || echo 0)}}
+  # FSDP=1: megatron-core's torch-FSDP2 wrapper (ZeRO-3) in place of DDP; it shards the optimizer state itself
+  local fsdp=${FSDP:-0} dopt
+  if [ "$fsdp" = 1 ]; then
+    [ "${DISTRIBUTED_OPTIMIZER:-0}" != 1 ] || hope_die "FSDP=1 already shards the optimizer state; drop DISTRIBUTED_OPTIMIZER=1."
+    [ "$pp" = 1 ] || hope_die "FSDP=1 runs without pipeline stages; set PP=1 or drop FSDP=1."
+    dopt=0
+    cmd+=(--use-torch-fsdp2)
+  else
+    dopt=${DISTRIBUTED_OPTIMIZER:-${DEF_DISTRIBUTED_OPTIMIZER:-$([ "$dp" -gt 1 ] && echo 1 || echo 0)}}
+  fi
   [ "$dopt" != 1 ] || cmd+=(--use-distributed-optimizer)
   [ -z "${RECOMPUTE:-}" ] || cmd+=(--recompute-granularity "$RECOMPUTE")
   [ -z "${LOG_INTERVAL:-}" ] || cmd+=(--log-interval "$LOG_INTERVAL")
@@ -186,7 +196,7 @@ hope_launch() {
   echo "config            $CONFIG (variant ${variant})"
   echo "rendezvous        nnodes=$NNODES node_rank=$NODE_RANK master=$MASTER_ADDR:$MASTER_PORT${HOPE_SLURM:+ (SLURM $HOPE_SLURM)}"
   echo "world size        $world = $NNODES node(s) x $GPUS_PER_NODE proc(s) per node"
-  echo "parallel layout   TP=$tp PP=$pp DP=$dp${VPP_LAYERS:+ VPP layers/stage=$VPP_LAYERS}$([ "$sp" = 1 ] && echo " +sequence-parallel")$([ "$dopt" = 1 ] && echo " +distributed-optimizer")"
+  echo "parallel layout   TP=$tp PP=$pp DP=$dp${VPP_LAYERS:+ VPP layers/stage=$VPP_LAYERS}$([ "$sp" = 1 ] && echo " +sequence-parallel")$([ "$dopt" = 1 ] && echo " +distributed-optimizer")$([ "$fsdp" = 1 ] && echo " +fsdp")"
   echo "batch             micro=$micro global=$gbs (grad-accum steps $((gbs / (micro * dp)))) seq=$seq$gbs_note"
   echo "tokens per step   $((gbs * seq)); iterations $iters; total tokens $total_tok"
   echo "precision         $([ "$fp8" = 1 ] && echo "FP8 hybrid + BF16" || { [ "$bf16" = 1 ] && echo BF16 || echo FP32; }) (transformer-impl $impl)"

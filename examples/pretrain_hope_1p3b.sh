@@ -6,6 +6,7 @@
 #   sbatch -N 8 --ntasks-per-node=1 --gpus-per-node=8 --wrap "srun examples/pretrain_hope_1p3b.sh"   # SLURM
 #   NNODES=8 NODE_RANK=$i MASTER_ADDR=node0 examples/pretrain_hope_1p3b.sh                         # per node, by hand
 #   FP8=1 examples/pretrain_hope_1p3b.sh                         # FP8 (hybrid) through Transformer Engine
+#   FSDP=1 examples/pretrain_hope_1p3b.sh                        # ZeRO-3 (torch FSDP2) instead of the distributed optimizer
 # Default layout: TP=2 + sequence parallel (memory heads 24 split 12/12), PP=1, DP = GPUs / 2, distributed optimizer;
 # 128 x 8192 = 1,048,576 tokens per step, 95,367 steps = 100B tokens. For PP, pass PP=2 (32 layers -> 16 per stage).
 set -euo pipefail

@@ -11,10 +11,9 @@ DEF_CONFIG=$HOPE_REPO/configs/hope/tiny.yaml
 DEF_TP=1 DEF_PP=1 DEF_MICRO=2 DEF_GLOBAL=8 DEF_SEQ=128 DEF_ITERS=60
 DEF_LAYERS=2 DEF_HIDDEN=64 DEF_PARAMS=1.2e6
 DEF_GPUS_PER_NODE=2 DEF_SEQUENCE_PARALLEL=0
-# GPUs: BF16 + distributed optimizer; CPU: FP32 and a plain optimizer (megatron-core 0.16.1 cannot save the
-# distributed optimizer's state without CUDA).
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then DEF_BF16=1 DEF_DISTRIBUTED_OPTIMIZER=1
-else DEF_BF16=0 DEF_DISTRIBUTED_OPTIMIZER=0; fi
+# GPUs: BF16; CPU: FP32. Either way the distributed optimizer when DP > 1 (the cluster launchers' layout).
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then DEF_BF16=1
+else DEF_BF16=0; fi
 _shards=$HOPE_REPO/runs/demo/shards
 DEF_DATA_PATH="1 $_shards/drama_text_document 1 $_shards/poetry_text_document 1 $_shards/encyclopedia_text_document 1 $_shards/code_text_document"
 DEF_TOKENIZER=$HOPE_REPO/runs/demo/tokenizer/demo8k.model

@@ -9,6 +9,12 @@ megatron-core 0.16.1's own schedules, DDP, optimizer and dist_checkpointing run 
   C  a process-global TorchFunctionMode mapping device="cuda" / .cuda() / .to("cuda") to CPU   (schedules, clip_grads)
   D  in the same mode, a bare Tensor.type() reports "torch.cuda.<X>Tensor"   (optimizer dtype asserts)
   E  torch.cuda.synchronize() is a no-op                             (p2p, checkpoint save)
+  G  megatron's torch-FSDP2 wrapper gets a CPU device mesh            (--use-torch-fsdp2)
+
+and, wherever megatron's optimizers fall back to torch's AdamW (no apex / TE, so every CPU machine), one more:
+
+  F  DistributedOptimizer checkpoint loading skips the optimizer-state keys a checkpoint does not carry (`step`) and
+     gives every parameter its own step tensor
 
 The patch points are version specific: `tests/unit/test_platform.py` fails loudly if a future megatron-core moves one.
 Nothing else in the project mentions CUDA-vs-CPU. Project code must never use Tensor.type() to test a device (D).
@@ -145,11 +151,78 @@ def install_cpu_compat() -> None:
     mrandom._set_cuda_rng_state = lambda state, *a, **k: torch.set_rng_state(state)
     _MODE = _CudaToCpuMode()
     _MODE.__enter__()  # C + D: process-global
+    _install_cpu_device_mesh()  # G
     _COMPAT_INSTALLED = True
+
+
+def _install_cpu_device_mesh() -> None:
+    """Redirect G: megatron's torch-FSDP2 wrapper builds `DeviceMesh.from_group(dp_group, "cuda")`; FSDP2 then places
+    every shard on "the current CUDA device". On CPU its mesh is a CPU mesh (FSDP2 runs on gloo)."""
+    from megatron.core.distributed import torch_fully_sharded_data_parallel as tfsdp
+    from torch.distributed.device_mesh import DeviceMesh
+
+    class _CpuDeviceMesh:
+        @staticmethod
+        def from_group(group, device_type, *args, **kwargs):
+            return DeviceMesh.from_group(group, "cpu" if device_type == "cuda" else device_type, *args, **kwargs)
+
+    tfsdp.DeviceMesh = _CpuDeviceMesh
 
 
 def cpu_compat_active() -> bool:
     return _COMPAT_INSTALLED
+
+
+# ------------------------------------------------------------------------------------ torch AdamW fallback (no apex/TE)
+def torch_adamw_fallback() -> bool:
+    """True when megatron's optimizers run torch's AdamW (neither apex nor Transformer Engine is installed: every CPU
+    machine). torch's AdamW keeps a per-parameter `step` that megatron's checkpoint code only half expects."""
+    from megatron.core.optimizer import distrib_optimizer
+
+    return not distrib_optimizer.HAVE_APEX_OR_TE
+
+
+_ADAMW_COMPAT_INSTALLED = False
+
+
+def install_torch_adamw_compat() -> None:
+    """Redirect F (torch AdamW fallback only): DistributedOptimizer checkpoints in the model-space format load.
+
+    megatron-core 0.16.1's load_parameter_state_from_fully_reshardable sets each main parameter's state from the
+    checkpoint without `step` ("handled separately": it was set from the param groups just before), but
+    _set_main_param_and_optimizer_states then copies every key of the live state, `step` included -> KeyError 'step'
+    (megatron_core_notes.md §2.4). Here keys absent from the loaded tensors are left as they are. With apex or TE
+    (FusedAdam keeps no per-parameter step) nothing is patched. The other half — a fresh torch AdamW has no state, so
+    DistributedOptimizer.state_dict()'s `assert len(steps) == 1` fails before a load — is met by
+    training/checkpointing.prefill_optimizer_state."""
+    global _ADAMW_COMPAT_INSTALLED
+    if _ADAMW_COMPAT_INSTALLED or not torch_adamw_fallback():
+        return
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    original = DistributedOptimizer._set_main_param_and_optimizer_states
+
+    def set_states_present_in_checkpoint(self, model_param, tensors):
+        if self.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8:
+            return original(self, model_param, tensors)
+        group_index, group_order = self.model_param_group_index_map[model_param]
+        main_param = self.optimizer.param_groups[group_index]["params"][group_order]
+        live = {"param": main_param, **self.optimizer.state[main_param]}
+        for key, value in tensors.items():
+            live[key].copy_(value)
+
+    original_load = DistributedOptimizer.load_state_dict
+
+    def load_with_own_steps(self, state_dict):
+        original_load(self, state_dict)
+        # it also hands every parameter the SAME step tensor, which torch's AdamW then increments once per parameter
+        for st in self.optimizer.state.values():
+            if isinstance(st.get("step"), torch.Tensor):
+                st["step"] = st["step"].detach().clone()
+
+    DistributedOptimizer._set_main_param_and_optimizer_states = set_states_present_in_checkpoint
+    DistributedOptimizer.load_state_dict = load_with_own_steps
+    _ADAMW_COMPAT_INSTALLED = True
 
 
 # ------------------------------------------------------------------------------------------------------- init / teardown
@@ -208,6 +281,7 @@ def initialize(
     if not use_cuda and os.environ.get(DISABLE_COMPAT_ENV) != "1":
         install_cpu_compat()
         compat = True
+    install_torch_adamw_compat()
     seed_all(seed)
     return PlatformInfo(
         backend=backend, device=device(), rank=rank, world_size=world_size, local_rank=local_rank,

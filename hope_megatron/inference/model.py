@@ -26,6 +26,7 @@ from hope_megatron.inference.layers import HopeLayer, make_norm
 from hope_megatron.ops import TitansOpConfig
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+VOCAB_TABLES = ("embedding.word_embeddings.weight", "output_layer.weight")
 
 
 @dataclass
@@ -138,12 +139,17 @@ def read_config(path: str) -> dict:
 
 
 def load_model(path: str, dtype: torch.dtype = torch.float32, device="cpu") -> HopeLM:
-    """The converted model in `path` (config.json + model.safetensors), in eval mode."""
+    """The converted model in `path` (config.json + model.safetensors), in eval mode. Its vocabulary is config.json's
+    `vocab_size` (the tokenizer's): tables saved with more rows (megatron's TP padding) are cut to it, so no padding
+    row ever takes probability mass in a logit."""
     from safetensors.torch import load_file
 
     cfg = read_config(path)
     model = HopeLM(cfg)
     sd = load_file(os.path.join(path, WEIGHTS_NAME))
+    for key in VOCAB_TABLES:  # rows past the vocabulary (megatron's TP padding) never reach a logit
+        if key in sd and sd[key].shape[0] > cfg["vocab_size"]:
+            sd[key] = sd[key][:cfg["vocab_size"]]
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise ValueError(f"{path}/{WEIGHTS_NAME} does not match its config.json (missing {missing[:4]}, unexpected "

@@ -1,7 +1,8 @@
 """Layer specs for every layer letter, from ONE function taking a backend provider (megatron_core_notes.md §5.3).
 
-Backends: megatron's LocalSpecProvider (torch modules: CPU, tests) or TESpecProvider (Transformer Engine: fused
-norm+linear, BF16/FP8 GEMMs, TEDotProductAttention), imported only when asked for. With TE the pre-norms live inside
+Backends: LocalBackend (megatron's LocalSpecProvider with layers/norms.py's torch norm, which also runs under sequence
+parallelism; CPU, tests) or TESpecProvider (Transformer Engine: fused norm+linear, BF16/FP8 GEMMs,
+TEDotProductAttention), imported only when asked for. With TE the pre-norms live inside
 the following column-parallel linear (`layer_norm_weight`); `sharded_state_dict_keys_map` renames the local build's
 stand-alone norms to those TE names, so checkpoints are interchangeable between the two backends.
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 from typing import List, Optional
 
 from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
-from megatron.core.models.backends import BackendSpecProvider, LocalSpecProvider
+from megatron.core.models.backends import BackendSpecProvider
 from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.identity_op import IdentityOp
@@ -27,15 +28,16 @@ from megatron.core.transformer.transformer_layer import TransformerLayerSubmodul
 from hope_megatron.config import ATTENTION_LETTERS, MEMORY_LETTERS
 from hope_megatron.layers.cms import CMSStack, CMSSubmodules
 from hope_megatron.layers.hope_layer import HopeLayer
+from hope_megatron.layers.norms import LocalBackend
 from hope_megatron.layers.titans_mixer import TitansMixer, TitansMixerSubmodules
 
 TRANSFORMER_IMPLS = ("local", "transformer_engine")
 
 
 def get_backend(transformer_impl: str = "local") -> BackendSpecProvider:
-    """LocalSpecProvider for "local"; TESpecProvider for "transformer_engine" (needs TE installed)."""
+    """LocalBackend for "local"; TESpecProvider for "transformer_engine" (needs TE installed)."""
     if transformer_impl == "local":
-        return LocalSpecProvider()
+        return LocalBackend()
     if transformer_impl == "transformer_engine":
         from megatron.core.extensions import transformer_engine as te_ext
 

@@ -119,17 +119,32 @@ class TitansMixer(MegatronModule):
             return
         # Full tensors from the global torch seed (identical on every rank), then this rank's slice: a TP=2 shard
         # equals the TP=1 weight's slice on CPU and GPU alike (these tensors are small next to the CMS MLPs).
-        heads = slice(self.tp_rank * self.heads_local, (self.tp_rank + 1) * self.heads_local)
+        # Training re-draws every parameter from a per-name seed (models/seeded_init.py, via full_parameter).
         w = torch.empty(self.in_proj_dim, self.config.hidden_size, dtype=torch.float32)
         self.config.init_method(w)
         self.in_proj.weight.copy_(shard_components(w, self.components, self.num_heads, self.tp_size, self.tp_rank))
-        conv = (torch.rand(self.conv_dim, CONV_WIDTH) * 2 - 1) / math.sqrt(CONV_WIDTH)  # nn.Conv1d's default bound
-        self.conv_weight.copy_(shard_components(conv, self.conv_components, self.num_heads, self.tp_size,
-                                                self.tp_rank))
-        meta = init_meta_params(self.num_heads, self.head_dim, self.op_cfg)
+        self.conv_weight.copy_(self.shard_own("conv_weight", self.full_parameter("conv_weight")))
+        meta = init_meta_params(self.num_heads, self.head_dim, self.op_cfg)  # one draw for all memories
         for n, p in self.meta.items():
-            p.copy_(meta[n][heads])
+            p.copy_(self.shard_own(f"meta.{n}", meta[n]))
         self.out_norm_weight.fill_(1.0)
+
+    def full_parameter(self, name: str, generator=None) -> torch.Tensor:
+        """The TP=1 value of the mixer's own parameter `name` (conv_weight, meta.<n>, out_norm_weight), drawn from
+        `generator` (default: torch's global generator)."""
+        if name == "conv_weight":  # nn.Conv1d's default bound 1/sqrt(fan_in)
+            return (torch.rand(self.conv_dim, CONV_WIDTH, generator=generator) * 2 - 1) / math.sqrt(CONV_WIDTH)
+        if name.startswith("meta."):
+            return init_meta_params(self.num_heads, self.head_dim, self.op_cfg, generator=generator)[name[5:]]
+        if name == "out_norm_weight":
+            return torch.ones(self.num_heads, self.head_dim)
+        raise KeyError(f"TitansMixer has no own parameter {name!r}.")
+
+    def shard_own(self, name: str, full: torch.Tensor) -> torch.Tensor:
+        """This rank's slice of a full own parameter (conv channels component-major, the rest by heads)."""
+        if name == "conv_weight":
+            return shard_components(full, self.conv_components, self.num_heads, self.tp_size, self.tp_rank)
+        return full.chunk(self.tp_size, dim=0)[self.tp_rank]
 
     # --------------------------------------------------------------------------------------------------- forward
     def forward(self, hidden_states, attention_mask=None, inference_context=None, packed_seq_params=None, **kwargs):

@@ -29,7 +29,7 @@ def global_name(model, local_name: str) -> str:
     return f"{m.group(1)}{layer.layer_number - 1}.{m.group(3)}"
 
 
-def _mixer_fused(model) -> Dict[str, tuple]:
+def fused_mixer_params(model) -> Dict[str, tuple]:
     """local param name -> (mixer, components) for each mixer's fused in_proj.weight and conv_weight."""
     out = {}
     for mod_name, mod in model.named_modules():
@@ -39,13 +39,12 @@ def _mixer_fused(model) -> Dict[str, tuple]:
     return out
 
 
-def shard_full_tensor(model, local_name: str, full: torch.Tensor, _fused=None) -> torch.Tensor:
-    """This rank's piece of `full` for parameter `local_name`."""
-    params = dict(model.named_parameters())
-    p = params[local_name]
+def shard_full_tensor(model, local_name: str, full: torch.Tensor, _fused=None, _param=None) -> torch.Tensor:
+    """This rank's piece of `full` for parameter `local_name` (`_param`: that parameter, when the caller has it)."""
+    p = _param if _param is not None else dict(model.named_parameters())[local_name]
     tp_size = parallel_state.get_tensor_model_parallel_world_size()
     tp_rank = parallel_state.get_tensor_model_parallel_rank()
-    fused = _fused if _fused is not None else _mixer_fused(model)
+    fused = _fused if _fused is not None else fused_mixer_params(model)
     if local_name in fused:
         mixer, comps = fused[local_name]
         return shard_components(full, comps, mixer.num_heads, tp_size, tp_rank)
@@ -59,13 +58,13 @@ def shard_full_tensor(model, local_name: str, full: torch.Tensor, _fused=None) -
 @torch.no_grad()
 def load_full_state_dict(model, full_sd: Mapping[str, torch.Tensor]) -> None:
     """Copy the TP=1/PP=1 tensors `full_sd` into this rank's parameters; every parameter must be present."""
-    fused = _mixer_fused(model)
+    fused = fused_mixer_params(model)
     for name, p in model.named_parameters():
         key = global_name(model, name)
         if key not in full_sd:
             raise KeyError(f"load_full_state_dict: {key!r} (local {name!r}) is missing from the full state dict; "
                            f"was it saved from a model of the same config?")
-        piece = shard_full_tensor(model, name, full_sd[key], fused)
+        piece = shard_full_tensor(model, name, full_sd[key], fused, p)
         if piece.shape != p.shape:
             raise ValueError(f"load_full_state_dict: {key!r} gives a {tuple(piece.shape)} shard but the parameter is "
                              f"{tuple(p.shape)}; the configs differ.")

@@ -94,7 +94,7 @@ def _fmt(n: float) -> str:
 
 def summarize(config_file: str) -> str:
     from hope_megatron.training.arguments import parse_args
-    from hope_megatron.training.model_setup import build_config
+    from hope_megatron.training.model_config import build_config
 
     args = parse_args(["--config", config_file])
     config = build_config(args, configure=False)

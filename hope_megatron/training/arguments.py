@@ -42,6 +42,8 @@ _MEGATRON_FLAGS = {
         ("--sequence-parallel", bool, False, "Megatron sequence parallelism (needs TP > 1)"),
         ("--use-distributed-optimizer", bool, False, "shard optimizer state over DP (ZeRO-1)"),
         ("--overlap-grad-reduce", bool, False, "overlap the DP gradient reduce with the backward pass"),
+        ("--use-torch-fsdp2", bool, False, "FSDP (ZeRO-3): shard parameters, gradients and optimizer state over DP "
+                                           "with megatron-core's torch-FSDP2 wrapper; one FSDP unit per layer"),
         ("--ddp-bucket-size", int, None, "DDP bucket size in elements"),
     ],
     "training": [
@@ -175,16 +177,6 @@ def _add_hope_flag(group, name: str, type_str: str, default, help_: str) -> None
         group.add_argument(flag, type=str, default=None, help=help_, **({"choices": list(choices)} if choices else {}))
 
 
-def hope_overrides(args) -> dict:
-    """The HOPE values the user set (YAML or flags), to apply on top of the variant preset."""
-    out = {}
-    for name, _, _, _ in hope_fields():
-        value = getattr(args, name, None)
-        if value is not None and name != "hope_variant":
-            out[name] = list(value) if isinstance(value, tuple) else value
-    return out
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hope-train", description="Train HOPE (or a baseline) on megatron-core.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -279,8 +271,19 @@ def validate_args(args) -> None:
     if args.global_batch_size % (args.micro_batch_size * dp) != 0:
         errors.append(f"--global-batch-size {args.global_batch_size} is not divisible by --micro-batch-size "
                       f"{args.micro_batch_size} x data-parallel size {dp}.")
+    if args.use_torch_fsdp2:
+        fsdp_conflict = next((f for f, on in (("--use-distributed-optimizer", args.use_distributed_optimizer),
+                                               ("--overlap-grad-reduce", args.overlap_grad_reduce),
+                                               ("--pipeline-model-parallel-size > 1", pp > 1)) if on), None)
+        if fsdp_conflict:
+            errors.append(f"--use-torch-fsdp2 cannot be combined with {fsdp_conflict}: FSDP already shards the "
+                          f"optimizer state and overlaps its own gradient reduce-scatters, and it runs without "
+                          f"pipeline stages; drop one of the two.")
     if args.sequence_parallel and tp == 1:
         errors.append("--sequence-parallel needs --tensor-model-parallel-size > 1.")
+    elif args.sequence_parallel and args.seq_length % tp != 0:
+        errors.append(f"--sequence-parallel splits the sequence over TP: --seq-length {args.seq_length} is not "
+                      f"divisible by --tensor-model-parallel-size {tp}.")
     if args.fp8_format and args.transformer_impl != "transformer_engine":
         errors.append("--fp8-format needs --transformer-impl transformer_engine.")
     if (args.fp8_format or args.transformer_impl == "transformer_engine") and not _te_available():
@@ -336,7 +339,7 @@ def _validate_model(args, errors) -> None:
     if errors:
         return
     try:
-        from hope_megatron.training.model_setup import build_config
+        from hope_megatron.training.model_config import build_config
 
         build_config(args, configure=False)
     except ValueError as e:

@@ -20,7 +20,13 @@ import torch
 import torch.distributed as dist
 import yaml
 
+from hope_megatron import platform
+
 TRACKER = "latest_checkpointed_iteration.txt"
+# The distributed optimizer's state in model space (one tensor per parameter, like the plain optimizer's), gathered
+# over DP at save: it reshards over TP, PP and DP. megatron's default (fully_sharded_model_space) needs
+# ShardedTensor.flattened_range, which 0.16.1's torch_dist refuses.
+OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
 
 
 def iteration_dir(root: str, iteration: int) -> str:
@@ -120,7 +126,7 @@ def prefill_optimizer_state(optimizer) -> None:
 
     for opt in _sub_optimizers(optimizer):
         inner = getattr(opt, "optimizer", None)
-        if inner is None or hasattr(opt, "shard_fp32_from_float16_groups"):
+        if inner is None:
             continue
         for group in inner.param_groups:
             for p in group["params"]:
@@ -138,7 +144,7 @@ def build_state_dict(model, optimizer, scheduler, gate, iteration, consumed, arg
     for v in sd.values():
         merged.update(v)
     if save_optim and optimizer is not None:
-        sd["optimizer"] = optimizer.sharded_state_dict(merged, is_loading=loading)
+        sd["optimizer"] = optimizer.sharded_state_dict(merged, is_loading=loading, metadata=OPTIMIZER_METADATA)
     if scheduler is not None:
         sd["opt_param_scheduler"] = scheduler.state_dict()
     if gate is not None and gate.entries:
@@ -158,12 +164,6 @@ def save_checkpoint(root, iteration, model, optimizer, scheduler, gate, consumed
     """Write iter_XXXXXXX/ on every rank, then (rank 0) the tracker. `before_tracker` is a test hook."""
     from megatron.core import dist_checkpointing
 
-    if save_optim and any(hasattr(o, "shard_fp32_from_float16_groups")
-                          for o in getattr(optimizer, "chained_optimizers", [optimizer])) and \
-            not torch.cuda.is_available():
-        raise RuntimeError("saving the distributed optimizer needs a GPU (megatron-core 0.16.1's DistributedOptimizer "
-                           "checkpointing fails with torch's AdamW on CPU); add --no-save-optim or drop "
-                           "--use-distributed-optimizer.")
     path = iteration_dir(root, iteration)
     if _rank() == 0:
         os.makedirs(path, exist_ok=True)
@@ -223,8 +223,15 @@ def load_checkpoint(root, model, optimizer, scheduler, gate, args):
                    saved.get("pipeline_model_parallel_size") == args.pipeline_model_parallel_size)
     load_optim = not (args.no_load_optim or args.finetune) and "optimizer" in common
     load_rng = same_layout and not (args.no_load_rng or args.finetune) and saved.get("world_size") == args.world_size
+    if load_optim and bool(saved.get("use_distributed_optimizer")) != bool(args.use_distributed_optimizer):
+        had = "with" if saved.get("use_distributed_optimizer") else "without"
+        raise ValueError(f"--load {root} was saved {had} --use-distributed-optimizer and its optimizer state loads "
+                         f"only the same way; resume {had} it, or add --no-load-optim to keep the weights and start "
+                         f"a fresh optimizer.")
     if gate is not None and common.get("cms") and not args.finetune:
         gate.load_state_dict(common["cms"])
+    if load_optim and platform.torch_adamw_fallback():  # the distributed optimizer's state_dict needs a step
+        prefill_optimizer_state(optimizer)
     sd = build_state_dict(model, optimizer, scheduler, gate, 0, 0, {}, save_optim=load_optim, load_rng=load_rng,
                           loading=True)
     if not load_optim:

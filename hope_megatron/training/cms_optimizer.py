@@ -109,8 +109,18 @@ class CMSGate:
             if level >= len(self.clocks):
                 raise ValueError(f"parameter {name} belongs to CMS level {level} but only {len(self.clocks)} "
                                  f"periods were given; pass --cms-periods with one period per level.")
+            # zeros_like: under FSDP the main parameter is a DTensor shard and so is its accumulator
             self.entries.append(_Entry(level, name, main, model, opt,
-                                       torch.zeros(main.shape, dtype=torch.float32, device=main.device)))
+                                       torch.zeros_like(main, dtype=torch.float32).detach()))
+        # every CMS parameter of this rank's chunks in named_parameters order, the same on every DP rank (under the
+        # distributed optimizer a DP rank has entries only for the parameters it holds a slice of)
+        self.cms_params: List[Tuple[str, torch.nn.Parameter]] = []
+        for ci, chunk in enumerate(model_chunks):
+            for name, p in chunk.named_parameters():
+                while name.startswith("module."):
+                    name = name[len("module."):]
+                if level_of(name) is not None:
+                    self.cms_params.append((f"{ci}/{name}", p))
         self.counts = [0] * len(self.clocks)  # n_ℓ: gradients accumulated since the last firing
         self.firings = [0] * len(self.clocks)  # s_ℓ: optimizer steps taken by the level
         self.last_update_norm = [0.0] * len(self.clocks)
@@ -183,30 +193,61 @@ class CMSGate:
         self.firings = (list(state["firings"]) + [0] * n)[:n]
 
     def sharded_accumulators(self, model_sharded_state_dict, prefix: str = "cms_accumulator") -> dict:
-        """A_ℓ as ShardedTensors laid out exactly like their parameters, so they reshard with TP/PP (§7.1)."""
+        """A_ℓ as ShardedTensors laid out exactly like their parameters, so they reshard with TP/PP/DP (§7.1).
+        Under the distributed optimizer each DP rank holds a flat slice of A_ℓ; the slices are summed over the DP
+        group into the parameter's shape first (every element lives on exactly one DP rank), so the checkpoint is the
+        same as the plain optimizer's."""
         from megatron.core.dist_checkpointing.optimizer import get_param_id_to_sharded_param_map, \
             make_sharded_optimizer_tensor
 
-        if not self.entries:
+        if not self.cms_params:
             return {}
-        if self._distributed():
-            raise NotImplementedError(
-                "saving CMS accumulators with --use-distributed-optimizer is not supported yet; train the CMS "
-                "model without --use-distributed-optimizer when checkpoints are needed.")
-        id_map = get_param_id_to_sharded_param_map(model_sharded_state_dict, [e.model for e in self.entries])
+        params = [p for _, p in self.cms_params]
+        id_map = get_param_id_to_sharded_param_map(model_sharded_state_dict, params)
+        entry = {id(e.model): e for e in self.entries}
         out = {}
-        for idx, e in enumerate(self.entries):
+        for idx, (key, p) in enumerate(self.cms_params):
             sh = id_map.get(idx)
             if sh is None:
-                raise RuntimeError(f"CMS parameter {e.name} has no entry in the model's sharded state dict.")
-            out[e.name] = make_sharded_optimizer_tensor(sh, e.acc, prefix)
+                raise RuntimeError(f"CMS parameter {key} has no entry in the model's sharded state dict.")
+            out[key] = make_sharded_optimizer_tensor(sh, self._model_shaped(p, entry.get(id(p))), prefix)
         return out
+
+    @staticmethod
+    def _dp_range(e):
+        """(start, end) of this DP rank's slice of the flattened parameter, or None without the distributed
+        optimizer."""
+        if not hasattr(e.opt, "_get_model_param_range_map"):
+            return None
+        r = e.opt._get_model_param_range_map(e.model)["param"]
+        return r.start, r.end
+
+    def _model_shaped(self, param, e) -> torch.Tensor:
+        """A_ℓ of `param` in its shape; `e` is its entry on this rank (None: no slice here)."""
+        if not self._distributed():
+            return e.acc if e is not None else torch.zeros(param.shape, dtype=torch.float32, device=param.device)
+        import torch.distributed as dist
+        from megatron.core import parallel_state as ps
+
+        full = torch.zeros(param.numel(), dtype=torch.float32, device=param.device)
+        if e is not None:
+            start, end = self._dp_range(e)
+            full[start:end] = e.acc.reshape(-1)
+        if dist.is_initialized():
+            dist.all_reduce(full, group=ps.get_data_parallel_group(with_context_parallel=True))
+        return full.view(param.shape)
 
     @torch.no_grad()
     def load_accumulators(self, loaded: dict) -> None:
+        keys = {id(p): key for key, p in self.cms_params}
         for e in self.entries:
-            if e.name in loaded:
-                e.acc.copy_(loaded[e.name].to(e.acc.dtype).view_as(e.acc))
+            key = keys.get(id(e.model))
+            if key in loaded:
+                t = loaded[key].to(e.acc.dtype)
+                rng = self._dp_range(e)
+                if rng is not None:
+                    t = t.reshape(-1)[rng[0]:rng[1]]
+                e.acc.copy_(t.view_as(e.acc))
 
 
 def _counts_for_norm(param) -> bool:

@@ -14,7 +14,7 @@ from functools import partial
 import torch
 import torch.distributed as dist
 
-from hope_megatron.training import checkpointing, data, flops
+from hope_megatron.training import checkpointing, data, flops, fsdp
 from hope_megatron.training.arguments import cms_schedule, format_config, resolved_config, validate_args
 from hope_megatron.training.cms_optimizer import CMSGate, gated_step
 from hope_megatron.training.logging import TensorBoard, Throughput, print_rank0, progress_line
@@ -102,15 +102,16 @@ def pretrain(args, level_of=None, hooks=None) -> dict:
     platform.initialize(args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
                         args.virtual_pipeline_model_parallel_size, seed=args.seed)
     device = platform.device()
+    tokenizer = data.build_tokenizer_from_args(args)
+    # the tokenizer's vocabulary and the table megatron pads it to (grows with TP; masked, models/builder.py)
+    args.real_vocab_size = int(tokenizer.vocab_size)
+    args.padded_vocab_size = vocab = data.padded_vocab_size(
+        tokenizer.vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size)
     args_dict = resolved_config(args)
     print_rank0("------------------------ hope-train arguments ------------------------\n" + format_config(args))
 
-    tokenizer = data.build_tokenizer_from_args(args)
-    vocab = data.padded_vocab_size(tokenizer.vocab_size, args.make_vocab_size_divisible_by,
-                                   args.tensor_model_parallel_size)
     config = build_config(args)
-    torch.manual_seed(args.seed)  # the same full weights on every layout (use_cpu_initialization slices them)
-    chunks = build_model_chunks(args, config, vocab)
+    chunks = build_model_chunks(args, config, args.real_vocab_size, vocab)  # every weight drawn full from --seed
     if hooks is not None and hasattr(hooks, "after_build"):  # tests: e.g. layout-independent weights
         hooks.after_build(chunks)
     model = wrap_ddp(args, config, chunks)
@@ -137,7 +138,8 @@ def pretrain(args, level_of=None, hooks=None) -> dict:
 
     iteration, consumed = 0, 0
     if args.load:
-        iteration, consumed = checkpointing.load_checkpoint(args.load, model, optimizer, scheduler, gate, args)
+        with fsdp.full_view(model, optimizer, gate, loading=True):
+            iteration, consumed = checkpointing.load_checkpoint(args.load, model, optimizer, scheduler, gate, args)
         print_rank0(f"loaded {args.load} at iteration {iteration} (consumed samples {consumed})")
 
     train_ds, valid_ds, _ = data.build_datasets(args, tokenizer)
@@ -169,8 +171,9 @@ def pretrain(args, level_of=None, hooks=None) -> dict:
         nonlocal last_saved
         if args.save and last_saved != it:
             t0 = time.perf_counter()
-            checkpointing.save_checkpoint(args.save, it, model, optimizer, scheduler, gate, consumed,
-                                          args_dict, save_optim=not args.no_save_optim)
+            with fsdp.full_view(model, optimizer, gate, loading=False):  # FSDP: megatron's own layout
+                checkpointing.save_checkpoint(args.save, it, model, optimizer, scheduler, gate, consumed,
+                                              args_dict, save_optim=not args.no_save_optim)
             last_saved = it
             print_rank0(f"saved checkpoint {checkpointing.iteration_dir(args.save, it)} "
                         f"({time.perf_counter() - t0:.1f} s)")

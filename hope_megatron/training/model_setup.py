@@ -6,51 +6,13 @@ from __future__ import annotations
 
 import torch
 
-from hope_megatron.training.arguments import hope_overrides
+from hope_megatron.training.model_config import build_config, transformer_config_kwargs  # noqa: F401 (re-exported)
 
 
-def transformer_config_kwargs(args) -> dict:
-    """Megatron TransformerConfig fields from Megatron-LM flags; flags left unset keep HopeConfig's defaults."""
-    kw = dict(
-        num_layers=args.num_layers, hidden_size=args.hidden_size, num_attention_heads=args.num_attention_heads,
-        ffn_hidden_size=args.ffn_hidden_size, num_query_groups=args.num_query_groups, kv_channels=args.kv_channels,
-        normalization=args.normalization, layernorm_epsilon=args.norm_epsilon, gated_linear_unit=args.swiglu,
-        add_bias_linear=None if args.disable_bias_linear is None else not args.disable_bias_linear,
-        hidden_dropout=args.hidden_dropout, attention_dropout=args.attention_dropout,
-        init_method_std=args.init_method_std,
-        tensor_model_parallel_size=args.tensor_model_parallel_size,
-        pipeline_model_parallel_size=args.pipeline_model_parallel_size,
-        virtual_pipeline_model_parallel_size=args.virtual_pipeline_model_parallel_size,
-        sequence_parallel=args.sequence_parallel,
-        params_dtype=torch.bfloat16 if args.bf16 else torch.float32, bf16=args.bf16,
-        pipeline_dtype=torch.bfloat16 if args.bf16 else torch.float32,
-        recompute_granularity=args.recompute_granularity, recompute_method=args.recompute_method,
-        recompute_num_layers=args.recompute_num_layers,
-    )
-    if args.swiglu is False:
-        kw["activation_func"] = torch.nn.functional.gelu
-    if args.fp8_format:
-        kw.update(fp8=args.fp8_format, fp8_recipe=args.fp8_recipe, fp8_margin=args.fp8_margin,
-                  fp8_amax_history_len=args.fp8_amax_history_len, fp8_amax_compute_algo=args.fp8_amax_compute_algo)
-    if args.recompute_granularity == "full" and args.recompute_method is None:
-        kw["recompute_method"], kw["recompute_num_layers"] = "uniform", args.recompute_num_layers or 1
-    return {k: v for k, v in kw.items() if v is not None}
-
-
-def build_config(args, configure: bool = True):
-    """HopeConfig.for_variant(--hope-variant, megatron flags + the HOPE flags set); platform fields when configure."""
-    from hope_megatron.config import HopeConfig
-
-    cfg = HopeConfig.for_variant(args.hope_variant, **transformer_config_kwargs(args), **hope_overrides(args))
-    if configure:
-        from hope_megatron import platform
-
-        platform.configure(cfg)
-    return cfg
-
-
-def build_model_chunks(args, config, vocab_size: int):
-    """This rank's model chunks (one, or one per virtual stage), built from the same full weights on every layout."""
+def build_model_chunks(args, config, vocab_size: int, padded_vocab_size: int = None, init: bool = True):
+    """This rank's model chunks (one, or one per virtual stage). `vocab_size` is the tokenizer's; the tables hold
+    `padded_vocab_size` rows. With `init`, every parameter is drawn full from (--seed, its name) and sliced, so every
+    layout starts from the same weights (models/seeded_init.py); the converter, which loads weights, passes False."""
     from megatron.core import parallel_state as ps
 
     vpp = args.virtual_pipeline_model_parallel_size
@@ -58,17 +20,18 @@ def build_model_chunks(args, config, vocab_size: int):
     for vp in (range(vpp) if vpp else [None]):
         pre = ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp)
         post = ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp)
-        chunks.append(_build_one(args, config, vocab_size, pre, post, vp))
+        chunks.append(_build_one(args, config, vocab_size, padded_vocab_size, pre, post, vp, init))
     return chunks
 
 
-def _build_one(args, config, vocab_size, pre, post, vp):
+def _build_one(args, config, vocab_size, padded_vocab_size, pre, post, vp, init):
     from hope_megatron.models import build_model
 
     return build_model(config, vocab_size, args.max_position_embeddings, pre_process=pre, post_process=post,
                        vp_stage=vp, transformer_impl=args.transformer_impl,
                        share_embeddings_and_output_weights=not args.untie_embeddings_and_output_weights,
-                       rotary_base=args.rotary_base)
+                       rotary_base=args.rotary_base, padded_vocab_size=padded_vocab_size,
+                       seed=args.seed if init else None)
 
 
 def cms_level_fn():
@@ -79,7 +42,13 @@ def cms_level_fn():
 
 
 def wrap_ddp(args, config, chunks):
+    """megatron's DistributedDataParallel around each chunk, or its torch-FSDP2 wrapper with --use-torch-fsdp2."""
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+    if args.use_torch_fsdp2:
+        from hope_megatron.training import fsdp
+
+        return [fsdp.wrap(config, DistributedDataParallelConfig(), c) for c in chunks]
 
     ddp_cfg = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True, overlap_grad_reduce=args.overlap_grad_reduce,
@@ -112,7 +81,25 @@ def build_scheduler(args, optimizer):
 
 
 def count_parameters(chunks) -> int:
-    """Parameters on this rank, counting each TP-replicated tensor once (for the start-up summary)."""
+    """Parameters on this rank as the model's size: each TP-replicated tensor once, no vocabulary padding row (the
+    padding grows with TP) and not the last stage's copy of a tied embedding (it exists only under PP)."""
+    from megatron.core import parallel_state as ps
     from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
 
-    return sum(p.numel() for c in chunks for p in c.parameters() if param_is_not_tensor_parallel_duplicate(p))
+    total = 0
+    for c in chunks:
+        m = getattr(c, "module", c)
+        real = getattr(m, "real_vocab_size", None)
+        tied = getattr(m, "share_embeddings_and_output_weights", False)
+        for name, p in m.named_parameters():
+            if not param_is_not_tensor_parallel_duplicate(p):
+                continue
+            if name == "output_layer.weight" and tied and not m.pre_process:
+                continue
+            if name in ("embedding.word_embeddings.weight", "output_layer.weight") and real is not None:
+                rows = p.shape[0]  # this rank's rows [rank*rows, (rank+1)*rows) of the padded table
+                start = ps.get_tensor_model_parallel_rank() * rows
+                total += max(0, min(rows, real - start)) * (p.numel() // max(rows, 1))
+            else:
+                total += p.numel()
+    return total

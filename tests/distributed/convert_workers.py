@@ -1,6 +1,6 @@
 """Rank-side workers for the converter tests (module-level so spawned ranks import them): every variant saved at
-TP2xPP2 as training saves it (build_model + dist_checkpointing.save with the resolved arguments), the TP=1 reference
-logits of the same full weights, and the one-process conversions."""
+TP2xPP2 as training saves it (build_model + dist_checkpointing.save with the resolved arguments; the vocabulary of 65
+is padded to 66 rows there), the TP=1 reference logits of the same full weights, and the one-process conversions."""
 
 from __future__ import annotations
 
@@ -37,8 +37,12 @@ def case_args(case, tp=1, pp=1):
         del base[i:i + 2]
     else:
         base = BASE
-    return parse_args(base + extra + ["--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size",
+    args = parse_args(base + extra + ["--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size",
                                       str(pp)])
+    # as pretrain records them: NullTokenizer's VOCAB ids + EOD, padded to a multiple of TP (66 rows at TP2)
+    args.real_vocab_size = VOCAB + 1
+    args.padded_vocab_size = -(-args.real_vocab_size // tp) * tp
+    return args
 
 
 def tokens():
@@ -50,7 +54,7 @@ def _build(args):
     from hope_megatron.training.model_setup import build_config, build_model_chunks
 
     torch.manual_seed(0)
-    chunks = build_model_chunks(args, build_config(args), VOCAB)
+    chunks = build_model_chunks(args, build_config(args), args.real_vocab_size, args.padded_vocab_size, init=False)
     fill_deterministic(chunks, seed=1)
     return chunks[0]
 

@@ -1,5 +1,7 @@
-"""The training loop on gloo: layout parity, exact resume with CMS accumulators, resharding resume, crash-safe tracker,
-the period-4 CMS rule, TensorBoard tags. Several checks share one spawned group (process start dominates on 2 cores)."""
+"""The training loop on gloo: layout parity from the CLI's own initialisation (TP2, PP2, TP2 + sequence parallel, DP2 with
+the distributed optimizer, FSDP; the vocabulary padded to 128 rows at TP1 and 256 at TP2), exact resume with CMS
+accumulators (plain, distributed optimizer, FSDP), resharding resume, crash-safe tracker, the period-4 CMS rule,
+TensorBoard tags. Several checks share one spawned group (process start dominates on 2 cores)."""
 
 from __future__ import annotations
 
@@ -12,26 +14,17 @@ from hope_megatron.testing import run_distributed
 BASE = ["--hope-variant", "hope", "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "2",
         "--ffn-hidden-size", "64", "--seq-length", "16", "--titans-chunk-size", "4", "--cms-levels", "2",
         "--cms-periods", "1", "2", "--micro-batch-size", "2", "--global-batch-size", "4", "--mock-data",
-        "--tokenizer-type", "NullTokenizer", "--vocab-size", "60", "--make-vocab-size-divisible-by", "8",
+        "--tokenizer-type", "NullTokenizer", "--vocab-size", "60",
         "--lr", "1e-2", "--min-lr", "1e-3", "--lr-warmup-iters", "1", "--clip-grad", "1.0", "--log-interval", "1",
         "--untie-embeddings-and-output-weights", "--seed", "7", "--no-exit-signal-handler"]
 REL = 1e-5
-
-
-class _SameWeights:
-    """Every layout starts from the same full weights (seeded creation order differs under PP)."""
-
-    def after_build(self, chunks):
-        from hope_megatron.testing import fill_deterministic
-
-        fill_deterministic(chunks, seed=3)
 
 
 def _run(argv, hooks=None):
     from hope_megatron.training.arguments import parse_args
     from hope_megatron.training.loop import pretrain
 
-    return pretrain(parse_args(BASE + argv), hooks=hooks or _SameWeights())
+    return pretrain(parse_args(BASE + argv), hooks=hooks)
 
 
 def _losses(summary):
@@ -50,6 +43,22 @@ def worker_resume(tmp, extra):
     resumed = _run(extra + ["--train-iters", "6", "--load", ck])
     return dict(straight=straight, first=_losses(first), resumed=_losses(resumed), start=resumed["start_iteration"],
                 firings=resumed["cms_firings"], stopped_by=first["stopped_by"])
+
+
+def worker_resume_reshard(tmp, extra, reshard):
+    """worker_resume, then the checkpoint at 3 resumed again under the flags `reshard` (another layout or wrapper)."""
+    import torch.distributed as dist
+
+    from hope_megatron.training import checkpointing
+
+    out = worker_resume(tmp, extra)
+    ck = os.path.join(tmp, "ckpt")
+    if dist.get_rank() == 0:
+        checkpointing.write_tracker(ck, 3)  # the resumed run saved 6; go back to the save at 3
+    dist.barrier()
+    resharded = _run(reshard + ["--train-iters", "6", "--load", ck])
+    out.update(resharded=_losses(resharded), resharded_start=resharded["start_iteration"])
+    return out
 
 
 def _crash_and_resume(tmp):
@@ -103,7 +112,7 @@ def worker_tp1_suite(tmp, tp2_ckpt):
     return out
 
 
-class _Period4Recorder(_SameWeights):
+class _Period4Recorder:
     """After each optimizer step: did any level-1 parameter change, its AdamW step count, and at the firing the
     relative error of Δθ against AdamW's first step with the accumulated mean gradient."""
 
@@ -244,9 +253,39 @@ def test_wandb_offline_history_equals_tensorboard(tp1_results):
     assert logged == set(tags) | {"consumed samples"}, sorted(logged ^ (set(tags) | {"consumed samples"}))
 
 
+@pytest.fixture(scope="module")
+def distopt_results(tmp_path_factory):
+    """DP2 + distributed optimizer (+ overlapped grad reduce): resumed at DP2, and resharded to PP2."""
+    tmp = str(tmp_path_factory.mktemp("distopt"))
+    return run_distributed(worker_resume_reshard, 2, tmp, ["--use-distributed-optimizer", "--overlap-grad-reduce"],
+                           ["--use-distributed-optimizer", "--pipeline-model-parallel-size", "2"], timeout=400)[0]
+
+
+@pytest.fixture(scope="module")
+def fsdp_results(tmp_path_factory):
+    """DP2 FSDP (torch FSDP2): resumed under FSDP, and resumed under plain DDP at TP2."""
+    tmp = str(tmp_path_factory.mktemp("fsdp"))
+    return run_distributed(worker_resume_reshard, 2, tmp, ["--use-torch-fsdp2"],
+                           ["--tensor-model-parallel-size", "2"], timeout=400)[0]
+
+
+@pytest.mark.parametrize("results", ["distopt_results", "fsdp_results"])
+def test_sharded_optimizer_parity_resume_and_reshard(results, request, tp1_results):
+    r = request.getfixturevalue(results)
+    _, ref = tp1_results
+    for a, b in zip(r["straight"], ref["ref"]):  # the single process's losses
+        assert _rel(a, b) < REL, (r["straight"], ref["ref"])
+    assert r["stopped_by"] == "exit_interval" and r["first"] == r["straight"][:3] and r["start"] == 3
+    assert r["resumed"] == r["straight"][3:], (r["resumed"], r["straight"])  # exact: same layout
+    assert r["firings"] == [6, 3]  # the period-2 level's accumulator crossed the save at 3
+    assert r["resharded_start"] == 3
+    for a, b in zip(r["resharded"], r["straight"][3:]):
+        assert _rel(a, b) < REL, (r["resharded"], r["straight"])
+
+
 @pytest.mark.parametrize("extra", [["--pipeline-model-parallel-size", "2"],
-                                   ["--use-distributed-optimizer", "--overlap-grad-reduce"]],
-                         ids=["pp2", "dp2_distopt"])
+                                   ["--tensor-model-parallel-size", "2", "--sequence-parallel"]],
+                         ids=["pp2", "tp2_sp"])
 def test_layout_parity(extra, tp1_results):
     _, r = tp1_results
     losses = run_distributed(worker_layout, 2, extra, timeout=300)[0]

@@ -31,7 +31,7 @@ def dry_run(name, env=None, args=(), path_dirs=()):
     for k in ("GPUS_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "TP", "PP", "FP8", "BF16",
               "MICRO_BATCH", "GLOBAL_BATCH", "SEQ_LEN", "TRAIN_ITERS", "CONFIG", "DATA_PATH", "MOCK_DATA",
               "TRANSFORMER_IMPL", "SEQUENCE_PARALLEL", "DISTRIBUTED_OPTIMIZER", "MODEL_PARAMS", "ASSUMED_MFU",
-              "PEAK_FLOPS", "VPP_LAYERS", "CHECKPOINT_DIR", "TOKENIZER_MODEL"):
+              "PEAK_FLOPS", "VPP_LAYERS", "CHECKPOINT_DIR", "TOKENIZER_MODEL", "FSDP"):
         full_env.pop(k, None)
     full_env.update({"PYTHON": sys.executable, "TRANSFORMER_IMPL": "local", "GPUS_PER_NODE": "8"})
     full_env.update(env or {})
@@ -135,7 +135,7 @@ def test_tiny_detects_gpus_and_cpu(tmp_path):
     _, launcher, train = parse(dry_run("tiny", {"GPUS_PER_NODE": None}, path_dirs=[]))
     if not _has_nvidia_smi():
         assert flag(launcher, "--nproc-per-node") == "2" and "--bf16" not in train
-        assert "--use-distributed-optimizer" not in train  # cannot be saved on CPU (megatron-core 0.16.1)
+        assert "--use-distributed-optimizer" in train  # DP2: the cluster launchers' layout, checkpointed on CPU too
     fake = tmp_path / "nvidia-smi"
     fake.write_text("#!/bin/sh\nfor i in 0 1 2 3; do echo \"GPU $i: H100 (UUID: x)\"; done\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
@@ -150,7 +150,17 @@ def _has_nvidia_smi():
     return any(os.access(os.path.join(d, "nvidia-smi"), os.X_OK) for d in os.environ.get("PATH", "").split(os.pathsep))
 
 
+def test_fsdp_replaces_the_distributed_optimizer():
+    lines, _, train = parse(dry_run("1p3b", {"FSDP": "1"}))
+    assert "--use-torch-fsdp2" in train and "--use-distributed-optimizer" not in train
+    assert "--sequence-parallel" in train and lines["parallel layout"].endswith("+sequence-parallel +fsdp")
+    _, _, train = parse(dry_run("160m"))
+    assert "--use-torch-fsdp2" not in train
+
+
 @pytest.mark.parametrize("env,needle", [
+    ({"FSDP": "1", "DISTRIBUTED_OPTIMIZER": "1"}, "FSDP=1 already shards the optimizer state"),
+    ({"FSDP": "1", "PP": "2"}, "FSDP=1 runs without pipeline stages"),
     ({"GPUS_PER_NODE": "6", "TP": "4"}, "not divisible by TP=4 x PP=1"),
     ({"GLOBAL_BATCH": "100", "MICRO_BATCH": "3"}, "GLOBAL_BATCH=100 is not divisible by MICRO_BATCH=3 x DP=8"),
     ({"NNODES": "2", "NODE_RANK": "2"}, "NODE_RANK=2 must be below NNODES=2"),
@@ -211,7 +221,7 @@ def test_ablation_changes_only_what_it_declares(path):
 def test_config_builds_a_hope_config(path):
     try:
         from hope_megatron.training.arguments import parse_args
-        from hope_megatron.training.model_setup import build_config
+        from hope_megatron.training.model_config import build_config
     except ImportError as e:
         pytest.skip(f"training CLI not importable yet: {e}")
     args = parse_args(["--config", path, "--mock-data"])

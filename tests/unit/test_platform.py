@@ -23,6 +23,12 @@ def test_megatron_core_version_is_the_one_the_layer_was_written_for():
     ("megatron.core.optimizer.clip_grads", "torch.cuda.FloatTensor"),        # redirect D
     ("megatron.core.tensor_parallel.random", "torch.cuda.get_rng_state()"),  # redirect B
     ("megatron.core.distributed.param_and_grad_buffer", "torch.cuda.current_device()"),  # redirect A
+    ("megatron.core.distributed.torch_fully_sharded_data_parallel", 'DeviceMesh.from_group(self.process_group, "cuda")'),  # G
+    # redirect F: the fully_reshardable load skips `step`, the setter copies every live key, and the load hands one
+    # step tensor to every parameter
+    ("megatron.core.optimizer.distrib_optimizer", 'if k == "step":\n                            # Handle torch Adam'),
+    ("megatron.core.optimizer.distrib_optimizer", 'dst_tensors[key].copy_(tensors[key])'),
+    ("megatron.core.optimizer.distrib_optimizer", 's["step"] = step\n'),
 ])
 def test_cuda_sites_are_where_the_layer_expects_them(module, needle):
     src = inspect.getsource(importlib.import_module(module))
@@ -57,3 +63,12 @@ def test_every_module_imports_without_transformer_engine_or_apex():
         importlib.import_module(name)
     assert "transformer_engine" not in sys.modules
     assert "apex" not in sys.modules
+
+
+def test_torch_adamw_redirect_f_is_installed_without_apex_or_te():
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    assert platform.torch_adamw_fallback()  # this machine has neither apex nor TE
+    platform.install_torch_adamw_compat()
+    assert DistributedOptimizer._set_main_param_and_optimizer_states.__name__ == "set_states_present_in_checkpoint"
+    assert DistributedOptimizer.load_state_dict.__name__ == "load_with_own_steps"

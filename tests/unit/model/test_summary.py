@@ -16,7 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[3]
 ])
 def test_seed_plan_configs_hit_their_sizes(name, target, shape):
     from hope_megatron.training.arguments import parse_args
-    from hope_megatron.training.model_setup import build_config
+    from hope_megatron.training.model_config import build_config
 
     args = parse_args(["--config", str(ROOT / "configs" / "hope" / f"{name}.yaml")])
     cfg = build_config(args, configure=False)

@@ -46,6 +46,12 @@ def test_tiny_yaml_parses_and_validates():
     (["--transformer-impl", "transformer_engine"], "1", "Transformer Engine"),
     (["--cms-levels", "2", "--cms-periods", "1"], "1", "cms_periods has 1 entries"),
     (["--save-interval", "5"], "1", "--save-interval needs --save"),
+    (["--sequence-parallel", "--tensor-model-parallel-size", "2", "--seq-length", "17"], "2",
+     "--seq-length 17 is not divisible by --tensor-model-parallel-size 2"),
+    (["--use-torch-fsdp2", "--use-distributed-optimizer"], "2",
+     "--use-torch-fsdp2 cannot be combined with --use-distributed-optimizer"),
+    (["--use-torch-fsdp2", "--pipeline-model-parallel-size", "2"], "2",
+     "--use-torch-fsdp2 cannot be combined with --pipeline-model-parallel-size > 1"),
 ])
 def test_impossible_combinations_stop_with_one_sentence(monkeypatch, argv, env, fragment):
     monkeypatch.setenv("WORLD_SIZE", env)
@@ -60,3 +66,27 @@ def test_no_data_is_an_error():
     args = parse_args(["--num-layers", "2"])
     with pytest.raises(ValueError, match="--data-path"):
         validate_args(args)
+
+
+def test_arguments_and_model_setup_do_not_import_each_other():
+    """The CLI's validation and the model set-up share training/model_config.py; neither imports the other."""
+    import ast
+    import os
+
+    import hope_megatron.training as training
+
+    root = os.path.dirname(training.__file__)
+
+    def imported(name):
+        tree = ast.parse(open(os.path.join(root, name + ".py"), encoding="utf-8").read())
+        mods = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                mods.add(node.module)
+            elif isinstance(node, ast.Import):
+                mods.update(a.name for a in node.names)
+        return mods
+
+    assert "hope_megatron.training.model_setup" not in imported("arguments")
+    assert "hope_megatron.training.arguments" not in imported("model_setup")
+    assert "hope_megatron.training.model_config" in imported("arguments") & imported("model_setup")
