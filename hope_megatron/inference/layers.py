@@ -80,9 +80,11 @@ class CMSStack(nn.Module):
 
 
 def in_proj_components(op_cfg: TitansOpConfig, d: int) -> List[Tuple[str, int, bool]]:
-    """(name, width per head, convolved) of the fused in_proj in component order (hope_math §2.1, §6.1)."""
+    """(name, width per head, convolved) of the fused in_proj in component order (hope_math §2.1, §6.1); x̃ only
+    when a projection memory reads it (self_mod on, hope_math §10 #18), as in hope_megatron.layers.titans_mixer."""
     widths = {"k": (d, True), "v": (d, True), "eta": (1, False), "alpha": (1, False)}
-    return [("x", d, True), ("q", d, True), ("g", d, False)] + [(c, *widths[c]) for c in op_cfg.static_channels()]
+    x = [("x", d, True)] if op_cfg.projection_memories() else []
+    return x + [("q", d, True), ("g", d, False)] + [(c, *widths[c]) for c in op_cfg.static_channels()]
 
 
 class TitansMixer(nn.Module):
@@ -117,8 +119,9 @@ class TitansMixer(nn.Module):
         conv_out, tail = causal_conv1d(torch.cat([parts[n] for n in conv_names], dim=-1), self.conv_weight, tail)
         conv_out = F.silu(conv_out)
         convd = dict(zip(conv_names, conv_out.split(self.heads * self.d, dim=-1)))
-        x, q = self._heads(convd["x"]), self._heads(convd["q"])
+        q = self._heads(convd["q"])
         q = q / q.norm(dim=-1, keepdim=True).clamp_min(EPS)  # q = ℓ2norm(q̃) per head (§2.1)
+        x = self._heads(convd["x"]) if "x" in convd else q  # self_mod off: the op never reads x (§10 #18)
         static = {n: self._heads(convd[n]) if n in ("k", "v") else self._heads(parts[n]).squeeze(-1)
                   for n in self.op_cfg.static_channels()}
         y, mem_state = titans_memory(x, q, dict(self.meta.items()), self.op_cfg, static=static or None,

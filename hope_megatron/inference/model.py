@@ -144,11 +144,30 @@ def load_model(path: str, dtype: torch.dtype = torch.float32, device="cpu") -> H
     cfg = read_config(path)
     model = HopeLM(cfg)
     sd = load_file(os.path.join(path, WEIGHTS_NAME))
+    if int(cfg.get("format_version", 1)) < 2:
+        sd = drop_dead_x_rows(sd, cfg)
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise ValueError(f"{path}/{WEIGHTS_NAME} does not match its config.json (missing {missing[:4]}, unexpected "
                          f"{unexpected[:4]}); re-run convert_to_torch.py.")
     return model.to(device=device, dtype=dtype).eval()
+
+
+def drop_dead_x_rows(sd: dict, cfg: dict) -> dict:
+    """A format-1 directory (converted before issue 16) holds x̃ rows in in_proj and the conv of memory layers without
+    self-modification, which nothing reads (hope_math §10 #18); they lead each fused tensor, so dropping the first
+    H·d_h rows gives today's layout and the same function."""
+    rows = cfg["memory_heads"] * cfg["memory_head_dim"]
+    out = dict(sd)
+    for i, letter in enumerate(cfg["layer_letters"]):
+        op = cfg.get("op_configs", {}).get(letter)
+        if op is None or op.get("self_mod", True):
+            continue
+        for name in ("in_proj.weight", "conv_weight"):
+            key = f"decoder.layers.{i}.self_attention.{name}"
+            if key in out:
+                out[key] = out[key][rows:]
+    return out
 
 
 def tokenizer_path(path: str) -> Optional[str]:

@@ -2,6 +2,7 @@
 
 Data path, per TP rank, all on the rank's H_local heads (nothing communicates between in_proj and out_proj):
   in_proj (ColumnParallel, no bias)  [L, B, D] -> component-major local channels [x̃⁰ | q⁰ | g | k̃ | ṽ | η̃ | α̃]
+                                     (x̃⁰ only with self-modification: nothing else reads it, §10 #18)
   causal depthwise conv (window 4) + SiLU on x̃, q (and static k̃, ṽ); q ← ℓ2norm(q) per head       (§2.1)
   ops.titans_memory on local heads: y = M_mem(q) with every memory's write                     (§2.2-2.7)
   per-head RMSNorm (weight ω [H_local, d_h], eps 1e-6) ⊙ SiLU(g)                                (§2.6)
@@ -48,9 +49,13 @@ class TitansMixerSubmodules:
 
 
 def in_proj_components(config, op_cfg) -> List[Tuple[str, int, bool]]:
-    """(name, width per head, convolved) of the fused in_proj, in component order (hope_math §2.1, §6.1)."""
+    """(name, width per head, convolved) of the fused in_proj, in component order (hope_math §2.1, §6.1).
+
+    x̃ exists only when a projection memory reads it (self_mod on, hope_math §10 #18): with self_mod off (T, D
+    layers) nothing reads x̃, so the code departs from §2.1/§6.1's literal list and builds no x̃ rows or conv
+    channels (they would be parameters with gradient exactly 0; docs/model.md)."""
     d = config.memory_head_dim
-    comps = [("x", d, True), ("q", d, True), ("g", d, False)]
+    comps = ([("x", d, True)] if op_cfg.projection_memories() else []) + [("q", d, True), ("g", d, False)]
     widths = {"k": (d, True), "v": (d, True), "eta": (1, False), "alpha": (1, False)}
     comps += [(c, *widths[c]) for c in op_cfg.static_channels()]
     return comps
@@ -150,8 +155,9 @@ class TitansMixer(MegatronModule):
             b, l = t.shape[:2]
             return t.reshape(b, l, self.heads_local, -1).permute(0, 2, 1, 3)
 
-        x, q = heads(convd["x"]), heads(convd["q"])
+        q = heads(convd["q"])
         q = q / q.norm(dim=-1, keepdim=True).clamp_min(EPS)  # ℓ2norm(q̃) per head (§2.1)
+        x = heads(convd["x"]) if "x" in convd else q  # no projection memory: the op never reads x (§10 #18)
         static = {}
         for n in self.op_cfg.static_channels():
             static[n] = heads(convd[n]) if n in ("k", "v") else heads(parts[n]).squeeze(-1)

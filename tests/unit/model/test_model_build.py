@@ -113,3 +113,22 @@ def test_unknown_backend_is_one_sentence(mp_group):
 
     with pytest.raises(ValueError, match="transformer_impl='te' must be one of local, transformer_engine"):
         get_backend("te")
+
+
+def test_every_memory_mixer_parameter_gets_gradient(mp_group):
+    """Issue 16 item 2: without self-modification (T, D) nothing reads x̃, so in_proj and the conv hold no x̃ rows
+    (they had gradient exactly 0): every in_proj row and conv channel of every memory layer gets a gradient."""
+    cfg, model = _build("hybrid_independent")  # layers H, T, D, A
+    torch.manual_seed(0)
+    tokens = torch.randint(0, VOCAB, (2, SEQ))
+    pos = torch.arange(SEQ).expand(2, SEQ)
+    model(tokens, pos, None, labels=tokens).sum().backward()
+    d, H = cfg.memory_head_dim, cfg.memory_heads
+    rows = {}
+    for i, letter in enumerate("HTD"):
+        mixer = model.decoder.layers[i].self_attention
+        rows[letter] = mixer.in_proj.weight.shape[0]
+        for name, p in (("in_proj", mixer.in_proj.weight), ("conv", mixer.conv_weight)):
+            dead = (p.grad.abs().sum(dim=1) == 0).sum().item()
+            assert dead == 0, f"layer {letter}: {dead} of {p.shape[0]} {name} rows have gradient exactly 0"
+    assert rows == {"H": 3 * H * d, "T": 4 * H * d + 2 * H, "D": 4 * H * d + H}  # T: q g k v η α; D: no α
