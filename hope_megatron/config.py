@@ -100,6 +100,10 @@ class HopeConfig(TransformerConfig):
     memory_zero_init: bool = field(default=False, metadata=_h("meta-initial memory weights W0 = 0 (deltanet preset)."))
     titans_recompute_chunks: bool = field(default=False, metadata=_h(
         "re-run each Titans chunk in the backward instead of keeping its activations: ~1/3 the op's memory, 1.2-1.4x its time."))
+    hope_reset_at_eod: bool = field(default=False, metadata=_h(
+        "packed documents do not share memory state: at every document start (the token after EOD) the Titans "
+        "state returns to the meta-init, its chunk grid restarts and its conv does not look back (hope_math §2.7); "
+        "attention layers (A, W) still see across documents."))
     titans_impl: str = field(default="auto", metadata=_h(
         "form of the Titans memory op: auto (triton on CUDA when Triton imports, else chunked), triton (fused GPU "
         "kernels; unsupported settings fall back to chunked with a log line), chunked, naive (token-loop reference).",

@@ -49,10 +49,15 @@ class _Stop:
             signal.signal(sig, old)
 
 
-def forward_step(data_iterator, model, device=None):
-    """Megatron's forward_step contract: (output, loss_func); the loss is the masked token mean of one micro-batch."""
+def forward_step(data_iterator, model, device=None, eod=None):
+    """Megatron's forward_step contract: (output, loss_func); the loss is the masked token mean of one micro-batch.
+    eod: the EOD token id under --hope-reset-at-eod; the document starts then ride in the attention-mask argument,
+    which megatron hands to every layer on every pipeline stage (layers/hope_layer.py)."""
+    from hope_megatron.ops.documents import document_starts
+
     batch = data.get_batch(data_iterator, device)
-    output = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
+    starts = None if eod is None else document_starts(batch["tokens"], eod)
+    output = model(batch["tokens"], batch["position_ids"], starts, labels=batch["labels"])
     mask = batch["loss_mask"].float()
 
     def loss_func(output_tensor):
@@ -105,6 +110,7 @@ def pretrain(args, level_of=None, hooks=None) -> dict:
     print_rank0("------------------------ hope-train arguments ------------------------\n" + format_config(args))
 
     tokenizer = data.build_tokenizer_from_args(args)
+    args_dict["eod_token_id"] = int(tokenizer.eod)  # for the converter's config.json (--hope-reset-at-eod)
     vocab = data.padded_vocab_size(tokenizer.vocab_size, args.make_vocab_size_divisible_by,
                                    args.tensor_model_parallel_size)
     config = build_config(args)
@@ -146,7 +152,7 @@ def pretrain(args, level_of=None, hooks=None) -> dict:
     fwd_bwd = get_forward_backward_func()
     dp = ps.get_data_parallel_world_size()
     n_micro = args.global_batch_size // (args.micro_batch_size * dp)
-    step_fn = partial(forward_step, device=device)
+    step_fn = partial(forward_step, device=device, eod=int(tokenizer.eod) if config.hope_reset_at_eod else None)
 
     def run_schedule(iters, forward_only):
         return fwd_bwd(forward_step_func=step_fn, data_iterator=iters if vpp > 1 else iters[0], model=model,
