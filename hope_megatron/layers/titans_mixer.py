@@ -112,6 +112,9 @@ class TitansMixer(MegatronModule):
         self.meta = torch.nn.ParameterDict(
             {n: tp_param((self.heads_local,) + tuple(t.shape[1:])) for n, t in meta_shapes.items()})
         self.out_norm_weight = tp_param((self.heads_local, self.head_dim))
+        # training diagnostics the loop reads and resets (--log-memory-state-norms): the chunk clip's [writes, hits,
+        # Σ scale] summed over training forwards since the last read, on device (no host sync here)
+        self.clip_totals = None
 
         self.out_proj = build_module(
             submodules.out_proj, self.num_heads * self.head_dim, config.hidden_size, config=config,
@@ -168,12 +171,17 @@ class TitansMixer(MegatronModule):
             static[n] = heads(convd[n]) if n in ("k", "v") else heads(parts[n]).squeeze(-1)
         params: Dict[str, torch.Tensor] = dict(self.meta.items())
         run = titans_memory if starts is None else partial(titans_memory_documents, starts=starts)
+        stats = {} if self.training else None  # the chunk clip's hit count and scales (hope_math §10 #17)
         if self.training and self.op_cfg.update_dropout > 0:
             with get_cuda_rng_tracker().fork():  # update dropout in the TP-region stream (hope_math §2.3)
-                y, state = run(x, q, params, self.op_cfg, static=static or None, training=True, return_state=True)
+                y, state = run(x, q, params, self.op_cfg, static=static or None, training=True, return_state=True,
+                               stats=stats)
         else:
             y, state = run(x, q, params, self.op_cfg, static=static or None, training=self.training,
-                           return_state=True)
+                           return_state=True, stats=stats)
+        if stats:  # empty with an infinite clip
+            t = torch.stack([stats["clip_writes"], stats["clip_hits"], stats["clip_scale_sum"]]).detach().float()
+            self.clip_totals = t if self.clip_totals is None else self.clip_totals + t
         # For TensorBoard (training loop, --log-memory-state-norms): ‖W_mem‖_F at the last boundary of this rank's
         # local heads (of each row's last document under reset-at-eod), averaged over the micro-batch. Detached;
         # the state is computed anyway.

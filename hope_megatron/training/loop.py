@@ -94,6 +94,24 @@ def _memory_state_norms(model) -> dict:
     return out
 
 
+def _clip_stats(model):
+    """Per layer (this rank's mixers) {name: (hit rate, mean clip scale)} of the inner chunk clip since the last call,
+    and the world-wide (hits, writes, scale sum) for the log line; resets the mixers' totals (hope_math §10 #17)."""
+    per_layer, total = {}, torch.zeros(3, dtype=torch.float64)
+    for chunk in model:
+        for name, mod in chunk.named_modules():
+            t = getattr(mod, "clip_totals", None)
+            if isinstance(t, torch.Tensor):
+                writes, hits, scale = (float(v) for v in t.cpu())
+                mod.clip_totals = None
+                if writes > 0:
+                    per_layer[name.replace("module.", "")] = (hits / writes, scale / writes)
+                    total += torch.tensor([hits, writes, scale], dtype=torch.float64)
+    if dist.is_initialized():
+        dist.all_reduce(total)  # layers of every stage, heads of every TP rank, data of every DP rank
+    return per_layer, tuple(float(v) for v in total)
+
+
 def pretrain(args, level_of=None, hooks=None) -> dict:
     """Train per `args` (from arguments.parse_args). Returns a summary dict (identical on every rank)."""
     from megatron.core import parallel_state as ps
@@ -164,6 +182,7 @@ def pretrain(args, level_of=None, hooks=None) -> dict:
     thr = Throughput(args.global_batch_size * args.seq_length, fam["total"], dist.get_world_size(), args.peak_flops)
     stop = _Stop(args.exit_signal_handler)
     summary = {"losses": {}, "grad_norms": {}, "firings": {}, "valid_losses": {}, "skipped": 0, "tokens_per_s": [],
+               "clip_hit_rate": {},
                "start_iteration": iteration, "stopped_by": None}
     skipped_total, consecutive, interval_losses, last_saved = 0, 0, [], None
 
@@ -208,12 +227,20 @@ def pretrain(args, level_of=None, hooks=None) -> dict:
             finite = [x for x in interval_losses if math.isfinite(x)]
             mean_loss = sum(finite) / len(finite) if finite else float("nan")
             lr = optimizer.param_groups[0]["lr"]
-            print_rank0(progress_line(iteration=iteration, train_iters=args.train_iters, consumed=consumed,
-                                      lr=lr, loss=mean_loss, grad_norm=grad_norm, skipped=skipped_total, **rates))
-            tb.train(iteration, loss=mean_loss, lr=lr, grad_norm=grad_norm, skipped=skipped_total, consumed=consumed,
-                     **{k: rates[k] for k in ("tokens_per_s", "mfu", "ms_per_iter")})
+            line = progress_line(iteration=iteration, train_iters=args.train_iters, consumed=consumed, lr=lr,
+                                 loss=mean_loss, grad_norm=grad_norm, skipped=skipped_total, **rates)
             if args.log_memory_state_norms:
                 tb.memory_norms(iteration, _memory_state_norms(model))
+                per_layer, (hits, writes, scale) = _clip_stats(model)
+                for name, (rate, mean_scale) in per_layer.items():
+                    tb.scalar(f"inner-clip-hit-rate/{name}", rate, iteration)
+                    tb.scalar(f"inner-clip-scale/{name}", mean_scale, iteration)
+                if writes > 0:  # hope_math §10 #17: how often the chunk clip, not η, set the inner step
+                    line += f" | inner clip hits: {100 * hits / writes:.1f}% (mean scale {scale / writes:.3f})"
+                    summary["clip_hit_rate"][iteration] = hits / writes
+            print_rank0(line)
+            tb.train(iteration, loss=mean_loss, lr=lr, grad_norm=grad_norm, skipped=skipped_total, consumed=consumed,
+                     **{k: rates[k] for k in ("tokens_per_s", "mfu", "ms_per_iter")})
             summary["tokens_per_s"].append(rates["tokens_per_s"])
             interval_losses = []
         if args.eval_interval and valid_iters and iteration % args.eval_interval == 0:

@@ -86,6 +86,7 @@ def worker_tp1_suite(tmp, tp2_ckpt):
     ref = _run(["--train-iters", "6", "--tensorboard-dir", tb, "--eval-interval", "3", "--eval-iters", "1"])
     out["ref"] = _losses(ref)
     out["valid"] = ref["valid_losses"]
+    out["clip_hit_rate"] = ref["clip_hit_rate"]
     resharded = _run(["--train-iters", "6", "--load", tp2_ckpt])
     out["resharded_start"] = resharded["start_iteration"]
     out["resharded"] = _losses(resharded)
@@ -204,6 +205,12 @@ def test_tensorboard_tags(tp1_results):
     norms = [t for t in tags if t.startswith("memory-state-norm/") and t.endswith("self_attention")]
     assert len(norms) >= 2, sorted(tags)  # one per HOPE layer's Titans mixer
     assert all(0 < acc.Scalars(t)[-1].value < float("inf") for t in norms)
+    # the chunk clip (default 0.3) per layer: hit rate in [0, 1], mean scale in (0, 1] (issue 16 item 5)
+    for kind, lo in (("inner-clip-hit-rate", 0.0), ("inner-clip-scale", 1e-6)):
+        clip = [t for t in tags if t.startswith(f"{kind}/") and t.endswith("self_attention")]
+        assert len(clip) == 2, sorted(tags)
+        assert all(lo <= e.value <= 1.0 for t in clip for e in acc.Scalars(t)) and len(acc.Scalars(clip[0])) == 6
+    assert sorted(r["clip_hit_rate"]) == list(range(1, 7)) and all(0 <= v <= 1 for v in r["clip_hit_rate"].values())
     assert [e.value for e in acc.Scalars("cms/level1/fired")] == [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]
     assert abs(acc.Scalars("lm loss")[0].value - r["ref"][0]) < 1e-5 * abs(r["ref"][0])
     assert sorted(r["valid"]) == [3, 6]

@@ -28,6 +28,9 @@ def test_cli_trains_logs_and_checkpoints(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     lines = [m.groups() for m in LINE.finditer(r.stdout)]
     assert [(int(a), int(b), int(c)) for a, b, c, _ in lines] == [(1, 3, 4), (2, 3, 8), (3, 3, 12)], r.stdout[-3000:]
+    # the inner chunk clip (default 0.3) in the summary at the end of each line (issue 16 item 5)
+    clip = re.findall(r"ETA: \d+:\d\d:\d\d \| inner clip hits: (\d+\.\d)% \(mean scale (\d\.\d{3})\)", r.stdout)
+    assert len(clip) == 3 and all(0 <= float(h) <= 100 and 0 < float(m) <= 1 for h, m in clip), r.stdout[-3000:]
     assert "MFU peak: 9.89e+14 FLOP/s" in r.stdout and "model FLOPs per iteration" in r.stdout
     assert r.stdout.count("hope-train arguments") == 1
     assert open(os.path.join(save, "latest_checkpointed_iteration.txt")).read().strip() == "3"
