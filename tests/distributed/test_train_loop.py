@@ -16,6 +16,7 @@ BASE = ["--hope-variant", "hope", "--num-layers", "2", "--hidden-size", "32", "-
         "--lr", "1e-2", "--min-lr", "1e-3", "--lr-warmup-iters", "1", "--clip-grad", "1.0", "--log-interval", "1",
         "--untie-embeddings-and-output-weights", "--seed", "7", "--no-exit-signal-handler"]
 REL = 1e-5
+P4 = ["--train-iters", "7", "--cms-periods", "1", "4", "--cms-warmup", "0", "2", "--weight-decay", "0.1"]
 
 
 class _SameWeights:
@@ -92,11 +93,26 @@ def worker_tp1_suite(tmp, tp2_ckpt):
     out["resharded"] = _losses(resharded)
     out["crash"] = _crash_and_resume(tmp)
     rec = _Period4Recorder()
-    p4 = _run(["--train-iters", "7", "--cms-periods", "1", "4", "--cms-warmup", "0", "2", "--weight-decay", "0.1"],
-              hooks=rec)
+    p4 = _run(P4, hooks=rec)
     out["p4"] = dict(changed=rec.changed, steps=rec.steps, firings=p4["cms_firings"], update_err=rec.update_err,
-                     fired_at=rec.fired_at, n_params=rec.n_params, other_steps=rec.other_steps)
+                     fired_at=rec.fired_at, n_params=rec.n_params, other_steps=rec.other_steps, losses=_losses(p4))
+    out["p4_fused"] = _losses(_with_fused_adam_stand_in(lambda: _run(P4)))
     return out
+
+
+def _with_fused_adam_stand_in(fn):
+    """Run fn with megatron picking a FusedAdam-like optimizer (one step count per param group), as it does when
+    Transformer Engine or Apex imports (issue 16 item 1)."""
+    import megatron.core.optimizer as mcore_optimizer
+
+    from tests.unit.training.test_cms_gate import GroupStepAdam
+
+    saved = mcore_optimizer.Adam, mcore_optimizer.USING_PYTORCH_OPTIMIZER
+    mcore_optimizer.Adam, mcore_optimizer.USING_PYTORCH_OPTIMIZER = GroupStepAdam, False
+    try:
+        return fn()
+    finally:
+        mcore_optimizer.Adam, mcore_optimizer.USING_PYTORCH_OPTIMIZER = saved
 
 
 class _Period4Recorder(_SameWeights):
@@ -189,6 +205,10 @@ def test_period4_level_changes_only_when_firing(tp1_results):
     assert p4["steps"] == [0, 0, 0, 0, 0, 1, 1] and p4["firings"] == [7, 1]
     assert p4["other_steps"] == 7
     assert p4["update_err"] < 1e-5, p4["update_err"]
+    # the same run under a FusedAdam-like optimizer (per-group step) gives the same losses: the level that fired at
+    # i = 5 was bias-corrected with its own count 1, not the group's 6 (the loss at i = 6 shows it)
+    for a, b in zip(r["p4_fused"], p4["losses"]):
+        assert _rel(a, b) < REL, (r["p4_fused"], p4["losses"])
 
 
 def test_tensorboard_tags(tp1_results):

@@ -24,7 +24,8 @@ class GroupStepAdam(torch.optim.Optimizer):
     """AdamW that behaves like TE's FusedAdam (adam_w_mode): one `group["step"]`, incremented on every call for each
     non-empty group, used for the bias correction of every parameter with a gradient; parameters without one skip."""
 
-    def __init__(self, params, lr, betas, eps, weight_decay):
+    def __init__(self, params, lr, betas, eps, weight_decay, adam_w_mode=True):
+        assert adam_w_mode, "the stand-in implements AdamW (megatron's default, decoupled_weight_decay=True)"
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
 
     @torch.no_grad()
