@@ -68,15 +68,17 @@ class _Piece:
 
 
 def _pieces(starts: torch.Tensor, states, length: int) -> List[_Piece]:
-    cuts = defaultdict(list)
-    for b, t in starts.nonzero().tolist():  # one host sync
+    cuts, reset = defaultdict(list), set()
+    for b, t in starts.nonzero().tolist():  # the one host sync
         if t > 0:
             cuts[b].append(t)
+        else:
+            reset.add(b)
     out = []
     for b in range(starts.shape[0]):
         bounds = [0] + cuts[b] + [length]
         for j in range(len(bounds) - 1):
-            carried = states[b] if (j == 0 and states is not None and not bool(starts[b, 0])) else None
+            carried = states[b] if (j == 0 and states is not None and b not in reset) else None
             out.append(_Piece(b, bounds[j], bounds[j + 1], carried, j == len(bounds) - 2))
     return out
 
@@ -122,9 +124,9 @@ def titans_memory_documents(x: torch.Tensor, q: torch.Tensor, params: Dict[str, 
     idx_parts, y_parts = [], []
     for key, members in groups.items():
         lg = max(p.length for p in members)
-        pos = torch.arange(lg, device=x.device)
+        pos = torch.arange(lg)
         index = torch.stack([torch.where(pos < p.length, p.row * length + p.start + pos,
-                                         torch.full_like(pos, bsz * length)) for p in members])
+                                         torch.full_like(pos, bsz * length)) for p in members]).to(x.device)
         xs, qs = _gather(x, index), _gather(q, index)
         st = {c: _gather(t, index) for c, t in static.items()}
         if key[0] == "exact":

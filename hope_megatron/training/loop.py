@@ -94,7 +94,7 @@ def _memory_state_norms(model) -> dict:
     return out
 
 
-def _clip_stats(model):
+def _clip_stats(model, device=None):
     """Per layer (this rank's mixers) {name: (hit rate, mean clip scale)} of the inner chunk clip since the last call,
     and the world-wide (hits, writes, scale sum) for the log line; resets the mixers' totals (hope_math §10 #17)."""
     per_layer, total = {}, torch.zeros(3, dtype=torch.float64)
@@ -107,9 +107,10 @@ def _clip_stats(model):
                 if writes > 0:
                     per_layer[name.replace("module.", "")] = (hits / writes, scale / writes)
                     total += torch.tensor([hits, writes, scale], dtype=torch.float64)
-    if dist.is_initialized():
-        dist.all_reduce(total)  # layers of every stage, heads of every TP rank, data of every DP rank
-    return per_layer, tuple(float(v) for v in total)
+    if dist.is_initialized():  # layers of every stage, heads of every TP rank, data of every DP rank
+        total = total.to(device) if device is not None else total  # nccl reduces device tensors only
+        dist.all_reduce(total)
+    return per_layer, tuple(float(v) for v in total.cpu())
 
 
 def pretrain(args, level_of=None, hooks=None) -> dict:
@@ -231,7 +232,7 @@ def pretrain(args, level_of=None, hooks=None) -> dict:
                                  loss=mean_loss, grad_norm=grad_norm, skipped=skipped_total, **rates)
             if args.log_memory_state_norms:
                 tb.memory_norms(iteration, _memory_state_norms(model))
-                per_layer, (hits, writes, scale) = _clip_stats(model)
+                per_layer, (hits, writes, scale) = _clip_stats(model, device)
                 for name, (rate, mean_scale) in per_layer.items():
                     tb.scalar(f"inner-clip-hit-rate/{name}", rate, iteration)
                     tb.scalar(f"inner-clip-scale/{name}", mean_scale, iteration)
