@@ -88,6 +88,7 @@ def worker_tp1_suite(tmp, tp2_ckpt):
     out["ref"] = _losses(ref)
     out["valid"] = ref["valid_losses"]
     out["clip_hit_rate"] = ref["clip_hit_rate"]
+    out["reset"] = _losses(_run(["--train-iters", "3", "--hope-reset-at-eod"]))
     resharded = _run(["--train-iters", "6", "--load", tp2_ckpt])
     out["resharded_start"] = resharded["start_iteration"]
     out["resharded"] = _losses(resharded)
@@ -237,10 +238,14 @@ def test_tensorboard_tags(tp1_results):
 
 
 @pytest.mark.parametrize("extra", [["--pipeline-model-parallel-size", "2"],
-                                   ["--use-distributed-optimizer", "--overlap-grad-reduce"]],
-                         ids=["pp2", "dp2_distopt"])
+                                   ["--use-distributed-optimizer", "--overlap-grad-reduce"],
+                                   ["--pipeline-model-parallel-size", "2", "--hope-reset-at-eod"]],
+                         ids=["pp2", "dp2_distopt", "pp2_reset_at_eod"])
 def test_layout_parity(extra, tp1_results):
     _, r = tp1_results
+    want = r["reset"] if "--hope-reset-at-eod" in extra else r["ref"][:3]
     losses = run_distributed(worker_layout, 2, extra, timeout=300)[0]
-    for a, b in zip(losses, r["ref"][:3]):
-        assert _rel(a, b) < REL, (extra, losses, r["ref"][:3])
+    for a, b in zip(losses, want):
+        assert _rel(a, b) < REL, (extra, losses, want)
+    if "--hope-reset-at-eod" in extra:  # the mock data holds EOD tokens: the reset changed the run, on both stages
+        assert max(_rel(a, b) for a, b in zip(r["reset"], r["ref"])) > 1e-4, (r["reset"], r["ref"])
