@@ -135,7 +135,12 @@ def model_config_json(config, ns, vocab: int) -> dict:
                vocab_size=vocab, seq_length=int(ns.seq_length), max_position_embeddings=int(ns.max_position_embeddings),
                rotary_base=int(ns.rotary_base), share_embeddings_and_output_weights=not ns.untie_embeddings_and_output_weights,
                op_configs={c: dataclasses.asdict(config.to_op_config(c)) for c in sorted(set(letters) & set(MEMORY_LETTERS))},
-               tokenizer_type=ns.tokenizer_type, format_version=1)
+               tokenizer_type=ns.tokenizer_type, format_version=2)  # 2: no dead x̃ rows (issue 16)
+    # the EOD id the training data used: inference resets the memory after it under hope_reset_at_eod
+    out["eod_token_id"] = getattr(ns, "eod_token_id", None)
+    if config.hope_reset_at_eod and out["eod_token_id"] is None:
+        fail("the checkpoint was trained with --hope-reset-at-eod but its arguments record no eod_token_id, so "
+             "inference could not find the document starts; save it again with hope_megatron.train.")
     return out
 
 

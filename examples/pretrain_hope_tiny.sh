@@ -18,8 +18,9 @@ _shards=$HOPE_REPO/runs/demo/shards
 DEF_DATA_PATH="1 $_shards/drama_text_document 1 $_shards/poetry_text_document 1 $_shards/encyclopedia_text_document 1 $_shards/code_text_document"
 DEF_TOKENIZER=$HOPE_REPO/runs/demo/tokenizer/demo8k.model
 DEF_CKPT=$HOPE_REPO/runs/demo/checkpoints
-# --inner-clip 0.3: the seed plan's inner clip (tiny.yaml leaves it off; at lr 3e-3 the demo then hits NaN gradients
-# around iteration 14). --split 98,2,0: the demo's shards are a few hundred documents, too few for a 0.1% test split.
+# --inner-clip 0.3: the seed plan's inner clip, also HopeConfig's default since issue 16 (without it the demo hits NaN
+# gradients around iteration 14 at lr 3e-3). --split 98,2,0: the demo's shards are a few hundred documents, too few
+# for a 0.1% test split.
 DEF_EXTRA=(--inner-clip 0.3 --split 98,2,0)
 DEF_ROUND_GLOBAL=1  # on a machine with more GPUs the demo still runs: the global batch grows with DP
 : "${PEAK_FLOPS:=$([ "$DEF_BF16" = 1 ] && echo 989e12 || echo 5e10)}"  # CPU: ~50 GFLOP/s per process, a rough guess

@@ -90,8 +90,9 @@ class HopeConfig(TransformerConfig):
     eta_max: float = field(default=0.1, metadata=_h("inner learning-rate ceiling eta_max (hope_math §2.3)."))
     eta_init: float = field(default=0.01, metadata=_h("initial inner learning rate eta (sets the bias b_eta)."))
     alpha_init: float = field(default=0.999, metadata=_h("initial retention alpha (sets the bias b_alpha)."))
-    inner_clip: float = field(default=float("inf"), metadata=_h(
-        "Frobenius clip of each chunk's memory change (seed 0.3; inf = off)."))
+    inner_clip: float = field(default=0.3, metadata=_h(
+        "Frobenius clip of each chunk's memory change (the seed's 0.3; inf = off, which lets the self-generated "
+        "targets diverge, hope_math §10 #17)."))
     update_dropout: float = field(default=0.0, metadata=_h(
         "dropout on the residual branch of M_k, M_v, M_eta, M_alpha (seed 0.2)."))
     read_after_update: bool = field(default=False, metadata=_h(
@@ -99,6 +100,10 @@ class HopeConfig(TransformerConfig):
     memory_zero_init: bool = field(default=False, metadata=_h("meta-initial memory weights W0 = 0 (deltanet preset)."))
     titans_recompute_chunks: bool = field(default=False, metadata=_h(
         "re-run each Titans chunk in the backward instead of keeping its activations: ~1/3 the op's memory, 1.2-1.4x its time."))
+    hope_reset_at_eod: bool = field(default=False, metadata=_h(
+        "packed documents do not share memory state: at every document start (the token after EOD) the Titans "
+        "state returns to the meta-init, its chunk grid restarts and its conv does not look back (hope_math §2.7); "
+        "attention layers (A, W) still see across documents."))
     titans_impl: str = field(default="auto", metadata=_h(
         "form of the Titans memory op: auto (triton on CUDA when Triton imports, else chunked), triton (fused GPU "
         "kernels; unsupported settings fall back to chunked with a log line), chunked, naive (token-loop reference).",

@@ -9,6 +9,11 @@ A stream is processed in segments of S_seg tokens; everything except the CMS lev
      θ_l <- θ_l - η_l (m_l or g); A_l, n_l <- 0.
 η_l = 0 freezes a level; all-zero η reproduces the static model exactly. Models without a CMS (one MLP per layer)
 get one level made of every layer's MLP, a "test-time MLP fine-tuning" baseline.
+
+Segments lie on the stream's own grid (multiples of S_seg), whatever the cuts between feed() calls: a call that ends
+inside a segment runs its tokens (their NLL is final, since the weights change only when a segment closes) and keeps
+the segment's graph open, carried state and last logits included, so that when the segment closes its loss (every
+pair inside it, also those crossing a feed() cut) is differentiated exactly as if it had come in one call.
 """
 
 from __future__ import annotations
@@ -74,29 +79,43 @@ class TestTimeCMS:
         self.count = {l: 0 for l in self.levels}
         self.updates = {l: 0 for l in self.levels}
         self.state = None
-        self.carry: Optional[torch.Tensor] = None  # last logits of the previous segment [B, V]
+        self.carry: Optional[torch.Tensor] = None  # last logits fed [B, V]; attached to the graph inside a segment
+        self.loss: Optional[torch.Tensor] = None  # Σ ℓ_t of the open segment so far (differentiable)
         self.tokens_seen = 0
 
-    def _segment(self, seg: torch.Tensor) -> torch.Tensor:
-        logits, state = self.model(seg, self.state, return_state=True)
-        self.state = _detach(state)
+    def _piece(self, piece: torch.Tensor, closes: bool) -> torch.Tensor:
+        """Tokens of one segment (all of it, or the part this feed() call holds); closes: the segment ends here."""
+        learn = any(lr != 0 for lr in self.cfg.lr)
+        logits, state = self.model(piece, self.state, return_state=True)
         logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        nll = -logp.gather(-1, seg[:, 1:].unsqueeze(-1)).squeeze(-1)  # [B, S-1]
+        nll = -logp.gather(-1, piece[:, 1:].unsqueeze(-1)).squeeze(-1)  # [B, n-1]
         first = None
         if self.carry is not None:
-            first = -torch.log_softmax(self.carry, dim=-1).gather(-1, seg[:, :1])  # [B, 1]
-        self.carry = logits[:, -1].detach().float()
-        if nll.numel() and any(lr != 0 for lr in self.cfg.lr):
-            params = [p for ps in self.levels.values() for p in ps]
-            grads = torch.autograd.grad(nll.sum(), params, allow_unused=True)
-            it = iter(grads)
-            for l, ps in self.levels.items():
-                for a, g in zip(self.acc[l], [next(it) for _ in ps]):
-                    if g is not None:
-                        a.add_(g)
+            first = -torch.log_softmax(self.carry, dim=-1).gather(-1, piece[:, :1])  # [B, 1]
+        if learn:  # the pair entering the segment is recorded only (truncation); a pair inside it is learned from
+            inside = first is not None and self.tokens_seen % self.cfg.segment != 0
+            part = nll.sum() + (first.sum() if inside else 0.0)
+            self.loss = part if self.loss is None else self.loss + part
         out = nll.detach() if first is None else torch.cat([first.detach(), nll.detach()], dim=1)
-        self._clock(seg.shape[1])
+        keep_graph = learn and not closes
+        self.state = state if keep_graph else _detach(state)
+        self.carry = logits[:, -1].float() if keep_graph else logits[:, -1].detach().float()
+        if closes:
+            self._learn()
+            self._clock(self.cfg.segment)
         return out
+
+    def _learn(self) -> None:
+        """Backward of the closed segment's loss into the CMS parameters (hope_math §4.4 step 2)."""
+        loss, self.loss = self.loss, None
+        if loss is None or not isinstance(loss, torch.Tensor) or not loss.requires_grad:
+            return
+        params = [p for ps in self.levels.values() for p in ps]
+        grads = iter(torch.autograd.grad(loss, params, allow_unused=True))
+        for l, ps in self.levels.items():
+            for a, g in zip(self.acc[l], [next(grads) for _ in ps]):
+                if g is not None:
+                    a.add_(g)
 
     @torch.no_grad()
     def _clock(self, n: int) -> None:
@@ -120,17 +139,19 @@ class TestTimeCMS:
             self.updates[l] += 1
 
     def feed(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Stream tokens [B, L] (L any length; cut into S_seg pieces on the stream's own grid). Returns NLL
-        [B, L] of every token predicted inside this call (the stream's very first token has no prediction)."""
+        """Stream tokens [B, L] (L any length; segments lie on the stream's own grid, so the result does not depend
+        on how the stream is cut into calls). Returns NLL [B, L] of every token predicted inside this call (the
+        stream's very first token has no prediction)."""
         seg = self.cfg.segment
         out = []
         start = 0
         while start < tokens.shape[1]:
             n = min(seg - self.tokens_seen % seg, tokens.shape[1] - start)
-            out.append(self._segment(tokens[:, start:start + n]))
+            closes = (self.tokens_seen + n) % seg == 0
+            out.append(self._piece(tokens[:, start:start + n], closes))
             self.tokens_seen += n
             start += n
-        return torch.cat(out, dim=1)
+        return torch.cat(out, dim=1) if out else tokens.new_zeros(tokens.shape[0], 0, dtype=torch.float32)
 
 
 def _detach(state):
@@ -144,7 +165,7 @@ def _detach(state):
             layers.append((st[0].detach(), st[1].detach(), st[2]))
         else:
             layers.append(st)
-    return StreamState(layers, state.position)
+    return StreamState(layers, state.position, state.last_eod)
 
 
 def static_nll(model, tokens: torch.Tensor, segment: int) -> torch.Tensor:

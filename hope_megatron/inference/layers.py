@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hope_megatron.ops import TitansOpConfig, causal_conv1d, init_meta_params, titans_memory
+from hope_megatron.ops.documents import titans_memory_documents
 
 CONV_WIDTH = 4  # hope_math §2.1
 EPS = 1e-6  # q ℓ2norm clamp and the per-head RMSNorm eps (hope_math §2.6)
@@ -80,14 +81,17 @@ class CMSStack(nn.Module):
 
 
 def in_proj_components(op_cfg: TitansOpConfig, d: int) -> List[Tuple[str, int, bool]]:
-    """(name, width per head, convolved) of the fused in_proj in component order (hope_math §2.1, §6.1)."""
+    """(name, width per head, convolved) of the fused in_proj in component order (hope_math §2.1, §6.1); x̃ only
+    when a projection memory reads it (self_mod on, hope_math §10 #18), as in hope_megatron.layers.titans_mixer."""
     widths = {"k": (d, True), "v": (d, True), "eta": (1, False), "alpha": (1, False)}
-    return [("x", d, True), ("q", d, True), ("g", d, False)] + [(c, *widths[c]) for c in op_cfg.static_channels()]
+    x = [("x", d, True)] if op_cfg.projection_memories() else []
+    return x + [("q", d, True), ("g", d, False)] + [(c, *widths[c]) for c in op_cfg.static_channels()]
 
 
 class TitansMixer(nn.Module):
     """Self-modifying Titans mixer on all heads (hope_math §2): in_proj, conv+SiLU, ops.titans_memory, per-head
-    RMSNorm ⊙ SiLU(g), out_proj. State: (TitansState, conv tail [B, 3, C])."""
+    RMSNorm ⊙ SiLU(g), out_proj. State: (TitansState, conv tail [B, 3, C]); with document starts (hope_reset_at_eod,
+    hope_math §2.7) (DocumentStates, conv tail): one state per row, since rows sit at different document positions."""
 
     def __init__(self, cfg: dict, op_cfg: TitansOpConfig):
         super().__init__()
@@ -108,21 +112,28 @@ class TitansMixer(nn.Module):
         b, l = t.shape[:2]
         return t.reshape(b, l, self.heads, -1).permute(0, 2, 1, 3)
 
-    def forward(self, h, state=None):
+    def forward(self, h, state=None, starts=None):
+        """h [B, L, D]; starts: None, or bool [B, L] document starts (ops.documents.document_starts)."""
         mem_state, tail = state if state is not None else (None, None)
         proj = self.in_proj(h)  # [B, L, N]
         parts = dict(zip([c[0] for c in self.components],
                          proj.split([w * self.heads for _, w, _ in self.components], dim=-1)))
         conv_names = [c[0] for c in self.conv_components]
-        conv_out, tail = causal_conv1d(torch.cat([parts[n] for n in conv_names], dim=-1), self.conv_weight, tail)
+        conv_out, tail = causal_conv1d(torch.cat([parts[n] for n in conv_names], dim=-1), self.conv_weight, tail,
+                                       starts=starts)
         conv_out = F.silu(conv_out)
         convd = dict(zip(conv_names, conv_out.split(self.heads * self.d, dim=-1)))
-        x, q = self._heads(convd["x"]), self._heads(convd["q"])
+        q = self._heads(convd["q"])
         q = q / q.norm(dim=-1, keepdim=True).clamp_min(EPS)  # q = ℓ2norm(q̃) per head (§2.1)
+        x = self._heads(convd["x"]) if "x" in convd else q  # self_mod off: the op never reads x (§10 #18)
         static = {n: self._heads(convd[n]) if n in ("k", "v") else self._heads(parts[n]).squeeze(-1)
                   for n in self.op_cfg.static_channels()}
-        y, mem_state = titans_memory(x, q, dict(self.meta.items()), self.op_cfg, static=static or None,
-                                     state=mem_state, return_state=True, training=False)
+        if starts is None:
+            y, mem_state = titans_memory(x, q, dict(self.meta.items()), self.op_cfg, static=static or None,
+                                         state=mem_state, return_state=True, training=False)
+        else:
+            y, mem_state = titans_memory_documents(x, q, dict(self.meta.items()), self.op_cfg, starts,
+                                                   static=static or None, state=mem_state, return_state=True)
         yf = y.float()
         yf = yf * torch.rsqrt(yf.pow(2).mean(-1, keepdim=True) + EPS)  # per-head RMSNorm (§2.6)
         o = (yf * self.out_norm_weight.float()[None, :, None, :]).to(y.dtype) * F.silu(self._heads(parts["g"]))
@@ -199,8 +210,12 @@ class HopeLayer(nn.Module):
             self.pre_mlp_layernorm = make_norm(cfg)
             self.mlp = MLP(cfg, cfg["ffn_hidden_size"])
 
-    def forward(self, x, state=None):
-        out, state = self.self_attention(self.input_layernorm(x), state)
+    def forward(self, x, state=None, starts=None):
+        """starts: document starts for memory mixers (hope_reset_at_eod); attention layers see across documents."""
+        if self.letter in "HTD":
+            out, state = self.self_attention(self.input_layernorm(x), state, starts)
+        else:
+            out, state = self.self_attention(self.input_layernorm(x), state)
         x = x + out
         x = self.mlp(x) if self.uses_cms else x + self.mlp(self.pre_mlp_layernorm(x))
         return x, state

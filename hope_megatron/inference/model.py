@@ -24,6 +24,7 @@ from torch import nn
 
 from hope_megatron.inference.layers import HopeLayer, make_norm
 from hope_megatron.ops import TitansOpConfig
+from hope_megatron.ops.documents import document_starts
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 VOCAB_TABLES = ("embedding.word_embeddings.weight", "output_layer.weight")
@@ -31,9 +32,11 @@ VOCAB_TABLES = ("embedding.word_embeddings.weight", "output_layer.weight")
 
 @dataclass
 class StreamState:
-    """Everything a stream carries between calls: one entry per layer and the number of tokens consumed."""
+    """Everything a stream carries between calls: one entry per layer, the number of tokens consumed and, under
+    hope_reset_at_eod, whether each row's last token was EOD (then the next call starts a document)."""
     layers: List[object]
     position: int = 0
+    last_eod: Optional[torch.Tensor] = None
 
 
 class _Embedding(nn.Module):
@@ -59,6 +62,12 @@ class HopeLM(nn.Module):
         self.embedding = _Embedding(cfg["vocab_size"], cfg["hidden_size"])
         self.decoder = _Decoder(cfg, op_configs)
         self.tied = bool(cfg.get("share_embeddings_and_output_weights", False))
+        # hope_math §2.7: under hope_reset_at_eod the memory restarts after every EOD token, as in training
+        self.reset_eod = bool(cfg.get("hope_reset_at_eod", False))
+        self.eod = cfg.get("eod_token_id")
+        if self.reset_eod and self.eod is None:
+            raise ValueError("config.json sets hope_reset_at_eod but no eod_token_id; add the tokenizer's EOD id "
+                             "(convert_to_torch.py writes it).")
         if not self.tied:
             self.output_layer = nn.Linear(cfg["hidden_size"], cfg["vocab_size"], bias=False)
 
@@ -76,9 +85,13 @@ class HopeLM(nn.Module):
         last_only: logits of the last position only ([B, 1, V]; streaming a prompt needs no more)."""
         x = self.embedding.word_embeddings(tokens)
         layer_states = state.layers if state is not None else [None] * len(self.decoder.layers)
+        starts, last_eod = None, None
+        if self.reset_eod:
+            starts = document_starts(tokens, self.eod, first=state.last_eod if state is not None else None)
+            last_eod = tokens[:, -1] == self.eod if tokens.shape[1] else (state.last_eod if state else None)
         new_states = []
         for layer, st in zip(self.decoder.layers, layer_states):
-            x, st = layer(x, st)
+            x, st = layer(x, st, starts)
             new_states.append(st)
         if last_only:
             x = x[:, -1:]
@@ -87,7 +100,8 @@ class HopeLM(nn.Module):
         logits = F.linear(x, w)
         if not return_state:
             return logits
-        return logits, StreamState(new_states, (state.position if state is not None else 0) + tokens.shape[1])
+        return logits, StreamState(new_states, (state.position if state is not None else 0) + tokens.shape[1],
+                                   last_eod)
 
     def loss(self, tokens: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross entropy of tokens [B, L+1] (inputs tokens[:, :-1], labels tokens[:, 1:])."""
@@ -147,6 +161,8 @@ def load_model(path: str, dtype: torch.dtype = torch.float32, device="cpu") -> H
     cfg = read_config(path)
     model = HopeLM(cfg)
     sd = load_file(os.path.join(path, WEIGHTS_NAME))
+    if int(cfg.get("format_version", 1)) < 2:
+        sd = drop_dead_x_rows(sd, cfg)
     for key in VOCAB_TABLES:  # rows past the vocabulary (megatron's TP padding) never reach a logit
         if key in sd and sd[key].shape[0] > cfg["vocab_size"]:
             sd[key] = sd[key][:cfg["vocab_size"]]
@@ -155,6 +171,23 @@ def load_model(path: str, dtype: torch.dtype = torch.float32, device="cpu") -> H
         raise ValueError(f"{path}/{WEIGHTS_NAME} does not match its config.json (missing {missing[:4]}, unexpected "
                          f"{unexpected[:4]}); re-run convert_to_torch.py.")
     return model.to(device=device, dtype=dtype).eval()
+
+
+def drop_dead_x_rows(sd: dict, cfg: dict) -> dict:
+    """A format-1 directory (converted before issue 16) holds x̃ rows in in_proj and the conv of memory layers without
+    self-modification, which nothing reads (hope_math §10 #18); they lead each fused tensor, so dropping the first
+    H·d_h rows gives today's layout and the same function."""
+    rows = cfg["memory_heads"] * cfg["memory_head_dim"]
+    out = dict(sd)
+    for i, letter in enumerate(cfg["layer_letters"]):
+        op = cfg.get("op_configs", {}).get(letter)
+        if op is None or op.get("self_mod", True):
+            continue
+        for name in ("in_proj.weight", "conv_weight"):
+            key = f"decoder.layers.{i}.self_attention.{name}"
+            if key in out:
+                out[key] = out[key][rows:]
+    return out
 
 
 def tokenizer_path(path: str) -> Optional[str]:

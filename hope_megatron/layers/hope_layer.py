@@ -6,6 +6,10 @@ TitansMixer (letters H/T/D) or megatron's SelfAttention (A, W). The MLP stack is
 `pre_mlp_layernorm` (TransformerLayer's own path) or, for CMS variants, a CMSStack whose levels carry their own
 pre-norms and residuals (hope_math §4.1); then `pre_mlp_layernorm` is IdentityOp and `_forward_mlp` hands the
 residual stream to the stack.
+
+With `hope_reset_at_eod` the model's `attention_mask` argument carries the document starts (bool [B, L], from
+ops.documents.document_starts): megatron passes it unchanged to every layer on every pipeline stage and through
+activation recomputation. Memory mixers read it; attention layers get None (their causal mask, unchanged).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from megatron.core.transformer.transformer_layer import TransformerLayer, Transf
 from megatron.core.utils import make_viewless_tensor
 
 from hope_megatron.layers.cms import CMSStack
+from hope_megatron.layers.titans_mixer import TitansMixer
 
 
 class HopeLayer(TransformerLayer):
@@ -32,6 +37,14 @@ class HopeLayer(TransformerLayer):
         self.is_cms = is_cms
         if is_cms:
             self.mlp = build_module(mlp_spec, config=self.config, tp_group=self.pg_collection.tp)
+
+    def _forward_attention(self, *args, **kwargs):
+        if getattr(self.config, "hope_reset_at_eod", False) and not isinstance(self.self_attention, TitansMixer):
+            if "attention_mask" in kwargs:
+                kwargs["attention_mask"] = None  # document starts are for memory layers (module docstring)
+            elif len(args) > 1:
+                args = (args[0], None) + tuple(args[2:])
+        return super()._forward_attention(*args, **kwargs)
 
     def _forward_mlp(self, hidden_states, inference_context=None, padding_mask=None):
         if not self.is_cms:

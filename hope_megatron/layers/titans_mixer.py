@@ -2,6 +2,7 @@
 
 Data path, per TP rank, all on the rank's H_local heads (nothing communicates between in_proj and out_proj):
   in_proj (ColumnParallel, no bias)  [L, B, D] -> component-major local channels [x̃⁰ | q⁰ | g | k̃ | ṽ | η̃ | α̃]
+                                     (x̃⁰ only with self-modification: nothing else reads it, §10 #18)
   causal depthwise conv (window 4) + SiLU on x̃, q (and static k̃, ṽ); q ← ℓ2norm(q) per head       (§2.1)
   ops.titans_memory on local heads: y = M_mem(q) with every memory's write                     (§2.2-2.7)
   per-head RMSNorm (weight ω [H_local, d_h], eps 1e-6) ⊙ SiLU(g)                                (§2.6)
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Dict, List, Tuple, Union
 
 import torch
@@ -36,6 +38,7 @@ from megatron.core.transformer.utils import (
 )
 
 from hope_megatron.ops import causal_conv1d, init_meta_params, titans_memory
+from hope_megatron.ops.documents import titans_memory_documents
 
 CONV_WIDTH = 4  # hope_math §2.1
 EPS = 1e-6
@@ -48,9 +51,13 @@ class TitansMixerSubmodules:
 
 
 def in_proj_components(config, op_cfg) -> List[Tuple[str, int, bool]]:
-    """(name, width per head, convolved) of the fused in_proj, in component order (hope_math §2.1, §6.1)."""
+    """(name, width per head, convolved) of the fused in_proj, in component order (hope_math §2.1, §6.1).
+
+    x̃ exists only when a projection memory reads it (self_mod on, hope_math §10 #18): with self_mod off (T, D
+    layers) nothing reads x̃, so the code departs from §2.1/§6.1's literal list and builds no x̃ rows or conv
+    channels (they would be parameters with gradient exactly 0; docs/model.md)."""
     d = config.memory_head_dim
-    comps = [("x", d, True), ("q", d, True), ("g", d, False)]
+    comps = ([("x", d, True)] if op_cfg.projection_memories() else []) + [("q", d, True), ("g", d, False)]
     widths = {"k": (d, True), "v": (d, True), "eta": (1, False), "alpha": (1, False)}
     comps += [(c, *widths[c]) for c in op_cfg.static_channels()]
     return comps
@@ -105,6 +112,9 @@ class TitansMixer(MegatronModule):
         self.meta = torch.nn.ParameterDict(
             {n: tp_param((self.heads_local,) + tuple(t.shape[1:])) for n, t in meta_shapes.items()})
         self.out_norm_weight = tp_param((self.heads_local, self.head_dim))
+        # training diagnostics the loop reads and resets (--log-memory-state-norms): the chunk clip's [writes, hits,
+        # Σ scale] summed over training forwards since the last read, on device (no host sync here)
+        self.clip_totals = None
 
         self.out_proj = build_module(
             submodules.out_proj, self.num_heads * self.head_dim, config.hidden_size, config=config,
@@ -148,16 +158,19 @@ class TitansMixer(MegatronModule):
 
     # --------------------------------------------------------------------------------------------------- forward
     def forward(self, hidden_states, attention_mask=None, inference_context=None, packed_seq_params=None, **kwargs):
-        """hidden_states [L, B, D] (pre-normed by the layer, hope_math §5.1) -> (out [L, B, D], bias or None)."""
+        """hidden_states [L, B, D] (pre-normed by the layer, hope_math §5.1) -> (out [L, B, D], bias or None).
+        With config.hope_reset_at_eod, attention_mask is the document starts bool [B, L] (hope_math §2.7)."""
         if packed_seq_params is not None or inference_context is not None:
             raise NotImplementedError("TitansMixer does not support packed sequences or megatron inference "
                                       "contexts; use hope_megatron.inference for streaming.")
         proj, _ = self.in_proj(hidden_states)  # [L, B, N_local] (under SP in_proj gathers the sequence)
         proj = proj.transpose(0, 1)  # [B, L, N_local]
+        starts = self._document_starts(attention_mask, proj.shape[:2])
         parts = dict(zip([c[0] for c in self.components],
                          proj.split([w * self.heads_local for _, w, _ in self.components], dim=-1)))
         conv_names = [c[0] for c in self.conv_components]
-        conv_out, _ = causal_conv1d(torch.cat([parts[n] for n in conv_names], dim=-1), self.conv_weight)
+        conv_out, _ = causal_conv1d(torch.cat([parts[n] for n in conv_names], dim=-1), self.conv_weight,
+                                    starts=starts)
         conv_out = F.silu(conv_out)
         convd = dict(zip(conv_names, conv_out.split(self.heads_local * self.head_dim, dim=-1)))
 
@@ -165,23 +178,31 @@ class TitansMixer(MegatronModule):
             b, l = t.shape[:2]
             return t.reshape(b, l, self.heads_local, -1).permute(0, 2, 1, 3)
 
-        x, q = heads(convd["x"]), heads(convd["q"])
+        q = heads(convd["q"])
         q = q / q.norm(dim=-1, keepdim=True).clamp_min(EPS)  # ℓ2norm(q̃) per head (§2.1)
+        x = heads(convd["x"]) if "x" in convd else q  # no projection memory: the op never reads x (§10 #18)
         static = {}
         for n in self.op_cfg.static_channels():
             static[n] = heads(convd[n]) if n in ("k", "v") else heads(parts[n]).squeeze(-1)
         params: Dict[str, torch.Tensor] = dict(self.meta.items())
+        run = titans_memory if starts is None else partial(titans_memory_documents, starts=starts)
+        stats = {} if self.training else None  # the chunk clip's hit count and scales (hope_math §10 #17)
         if self.training and self.op_cfg.update_dropout > 0:
             with get_cuda_rng_tracker().fork():  # update dropout in the TP-region stream (hope_math §2.3)
-                y, state = titans_memory(x, q, params, self.op_cfg, static=static or None, training=True,
-                                         return_state=True)
+                y, state = run(x, q, params, self.op_cfg, static=static or None, training=True, return_state=True,
+                               stats=stats)
         else:
-            y, state = titans_memory(x, q, params, self.op_cfg, static=static or None, training=self.training,
-                                     return_state=True)
+            y, state = run(x, q, params, self.op_cfg, static=static or None, training=self.training,
+                           return_state=True, stats=stats)
+        if stats:  # empty with an infinite clip
+            t = torch.stack([stats["clip_writes"], stats["clip_hits"], stats["clip_scale_sum"]]).detach().float()
+            self.clip_totals = t if self.clip_totals is None else self.clip_totals + t
         # For TensorBoard (training loop, --log-memory-state-norms): ‖W_mem‖_F at the last boundary of this rank's
-        # local heads, averaged over the micro-batch. Detached; the state is computed anyway.
+        # local heads (of each row's last document under reset-at-eod), averaged over the micro-batch. Detached;
+        # the state is computed anyway.
         with torch.no_grad():
-            sq = sum(w.float().pow(2).sum(dim=(-2, -1)) for w in state.weights["mem"])  # [B, H_loc]
+            mems = [state.weights["mem"]] if starts is None else [s.weights["mem"] for s in state]
+            sq = torch.cat([sum(w.float().pow(2).sum(dim=(-2, -1)) for w in ws) for ws in mems])  # [B, H_loc]
             self.memory_state_norm = sq.sqrt().mean()
         # per-head RMSNorm and SiLU gate (§2.6), in fp32 for the statistics
         yf = y.float()
@@ -189,6 +210,16 @@ class TitansMixer(MegatronModule):
         o = (yf * self.out_norm_weight.float()[None, :, None, :]).to(y.dtype) * F.silu(heads(parts["g"]))
         o = o.permute(2, 0, 1, 3).reshape(o.shape[2], o.shape[0], -1)  # [L, B, H_loc*d]
         return self.out_proj(o)
+
+    def _document_starts(self, attention_mask, shape):
+        """The document starts [B, L] under hope_reset_at_eod (None without it, or with one document per row)."""
+        if not getattr(self.config, "hope_reset_at_eod", False) or attention_mask is None:
+            return None
+        if attention_mask.dtype != torch.bool or tuple(attention_mask.shape) != tuple(shape):
+            raise ValueError(f"TitansMixer (hope_reset_at_eod): attention_mask must be the document starts, bool "
+                             f"{tuple(shape)} [B, L] (ops.documents.document_starts), got {attention_mask.dtype} "
+                             f"{tuple(attention_mask.shape)}.")
+        return attention_mask
 
     # ------------------------------------------------------------------------------------------------ checkpoints
     def sharded_state_dict(self, prefix="", sharded_offsets=(), metadata=None, tp_group=None):

@@ -33,7 +33,7 @@ class TitansOpConfig:
     eta_max: float = 0.1
     eta_init: float = 0.01
     alpha_init: float = 0.999
-    inner_clip: float = float("inf")      # c_clip, Frobenius norm per chunk (§2.5)
+    inner_clip: float = 0.3               # c_clip, Frobenius norm per chunk (§2.5); finite by default (§10 #17)
     update_dropout: float = 0.0           # p_ud on the residual branch of M_k, M_v, M_η, M_α (§2.3)
     read_after_update: bool = False       # deltanet preset: read the post-update state (§10 #15); needs C = 1
     zero_init: bool = False               # W⁰ = 0 for every memory (deltanet preset, §2.2)

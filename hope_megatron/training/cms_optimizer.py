@@ -9,10 +9,20 @@ Firing depends on the global iteration i only, so every TP/PP/DP rank agrees wit
 
 Mechanism: `gated_step` reproduces megatron's ChainedOptimizer.step (prepare grads -> global grad norm -> clip ->
 inner step) and, between the clip and the inner step, accumulates every CMS main parameter's (clipped) gradient and
-sets `.grad = None` on the levels that do not fire. torch's AdamW skips parameters without a gradient entirely, so
-their moments, their per-parameter `step` (the bias-correction count s_ℓ) and their decoupled weight decay move only
-on firing iterations. The gate works on the optimizer's *main* parameters, so it covers the FP32, the mixed-precision
-and the distributed optimizer (where the main parameters and the accumulators are this DP rank's shards).
+sets `.grad = None` on the levels that do not fire. Every Adam megatron picks skips parameters without a gradient, so
+their moments and their decoupled weight decay move only on firing iterations. The bias-correction count s_ℓ needs
+more: torch's Adam/AdamW keep a step per parameter (it then moves only on firings), but the fused Adams megatron
+prefers when they import (Transformer Engine's, Apex's) keep ONE step per parameter group and advance it on every
+call, which would give a level firing every P iterations the bias correction of step k·P instead of k. So with any
+other optimizer class the gate owns the steps (`CMSGate.step`): one inner step per distinct count, the non-CMS
+parameters first at the group's own count, then each firing level with every group's step set to s_ℓ − 1 (the
+optimizer adds one), and the groups' counts restored to the non-CMS count afterwards. The gate works on the
+optimizer's *main* parameters, so it covers the FP32, the mixed-precision and the distributed optimizer (where the
+main parameters and the accumulators are this DP rank's shards).
+
+A non-finite global grad norm (or an fp16 overflow) skips the iteration for every parameter and accumulates nothing,
+but a level due to fire at i still fires, with the mean of the n_ℓ gradients it accumulated before i (hope_math §4.3:
+firing is a function of i alone); a level with nothing accumulated (P_ℓ = 1) has nothing to apply.
 """
 
 from __future__ import annotations
@@ -71,6 +81,32 @@ def main_model_pairs(optimizer) -> List[Tuple[torch.Tensor, torch.nn.Parameter, 
     return pairs
 
 
+def keeps_step_per_param(inner) -> bool:
+    """torch's Adam/AdamW count steps per parameter and only for parameters with a gradient; fused Adams (TE, Apex)
+    keep one `group["step"]` that every call advances (module docstring)."""
+    return isinstance(inner, (torch.optim.Adam, torch.optim.AdamW))
+
+
+def _inner_optimizers(optimizer) -> list:
+    return [o.optimizer for o in _sub_optimizers(optimizer)
+            if not getattr(o, "is_stub_optimizer", False) and getattr(o, "optimizer", None) is not None]
+
+
+def _get_step(group):
+    step = group.get("step")
+    return step.clone() if isinstance(step, torch.Tensor) else step
+
+
+def _set_step(group, value) -> None:
+    """group["step"] = value (None: no count yet), in place for a tensor count (capturable fused Adams)."""
+    if value is None:
+        group.pop("step", None)
+    elif isinstance(group.get("step"), torch.Tensor):
+        group["step"].copy_(torch.as_tensor(value))
+    else:
+        group["step"] = value.clone() if isinstance(value, torch.Tensor) else value
+
+
 def param_names(model_chunks) -> dict:
     """id(model param) -> its name inside the GPTModel (DDP's leading "module." removed)."""
     names = {}
@@ -101,7 +137,9 @@ class CMSGate:
         self.optimizer = optimizer
         names = param_names(model_chunks)
         self.entries: List[_Entry] = []
-        for main, model, opt in main_model_pairs(optimizer):
+        pairs = main_model_pairs(optimizer)
+        self.all_mains = [main for main, _, _ in pairs]  # every main parameter (the gate owns the group steps)
+        for main, model, opt in pairs:
             name = names.get(id(model))
             level = level_of(name) if name is not None else None
             if level is None:
@@ -156,6 +194,58 @@ class CMSGate:
         for lvl in accumulating:
             self.counts[lvl] += 1
         return firing
+
+    @torch.no_grad()
+    def fire_without_gradient(self, i: int) -> List[int]:
+        """Iteration i is skipped (non-finite grad norm): no parameter steps and nothing is accumulated, but each
+        level due at i fires with the mean of what it accumulated before i (module docstring). Returns those levels."""
+        firing = [lvl for lvl, c in enumerate(self.clocks) if c.fires(i) and self.counts[lvl] > 0]
+        self._before = {}
+        for p in self.all_mains:
+            p.grad = None
+        for e in self.entries:
+            if e.level in firing:
+                e.main.grad = (e.acc / self.counts[e.level]).to(e.main.dtype)
+                self._before[id(e.main)] = e.main.detach().float().clone()
+        return firing
+
+    @torch.no_grad()
+    def step(self, optimizer, firing: List[int], others: bool = True) -> bool:
+        """The inner optimizer step of this iteration: the non-CMS parameters (when `others`) and the firing levels,
+        each level bias-corrected with its own count s_ℓ whatever the optimizer class (module docstring)."""
+        inners = _inner_optimizers(optimizer)
+        if all(keeps_step_per_param(o) for o in inners):
+            return bool(optimizer.step_with_ready_grads())
+        grads = {id(p): p.grad for p in self.all_mains}
+        cms = {id(e.main) for e in self.entries}
+        passes = [({id(p) for p in self.all_mains if id(p) not in cms}, None)] if others else []
+        by_count = {}
+        for lvl in firing:
+            by_count.setdefault(self.firings[lvl] + 1, []).append(lvl)
+        for count, lvls in sorted(by_count.items()):
+            passes.append(({id(e.main) for e in self.entries if e.level in lvls}, count))
+        groups = [g for o in inners for g in o.param_groups]
+        own = [_get_step(g) for g in groups]  # the non-CMS count of every group
+        ok = True
+        try:
+            for n, (ids, count) in enumerate(passes):
+                for p in self.all_mains:
+                    p.grad = grads[id(p)] if id(p) in ids else None
+                for g, natural in zip(groups, own):
+                    _set_step(g, natural if count is None else count - 1)  # fused Adams add one before using it
+                if n + 1 < len(passes):
+                    for o in inners:
+                        o.step()
+                else:  # the last pass through megatron: it also copies main -> model parameters
+                    ok = bool(optimizer.step_with_ready_grads())
+                if count is None:
+                    own = [_get_step(g) for g in groups]
+        finally:
+            for g, natural in zip(groups, own):
+                _set_step(g, natural)
+            for p in self.all_mains:
+                p.grad = grads[id(p)]
+        return ok
 
     @torch.no_grad()
     def after_inner_step(self, firing: List[int]) -> None:
@@ -274,23 +364,27 @@ def gated_step(optimizer, gate: Optional[CMSGate], iteration: int):
     """One optimizer step at global iteration i; returns (stepped, grad_norm, firing_levels).
 
     The same sequence as megatron's ChainedOptimizer.step, with the CMS gate between clip and step. A non-finite
-    global grad norm skips the whole step (nothing applied, nothing accumulated): the loop counts it.
+    global grad norm skips the step (the loop counts it): nothing is accumulated and no parameter outside the CMS
+    levels moves, but levels due at i fire with what they accumulated before (module docstring).
     """
     from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
 
     found_inf = optimizer.prepare_grads()
-    if found_inf:
-        return False, None, []
-    grad_norm = optimizer.get_grad_norm()
-    if grad_norm is None or not math.isfinite(float(grad_norm)):
-        return False, grad_norm, []
+    grad_norm = None if found_inf else optimizer.get_grad_norm()
+    if found_inf or grad_norm is None or not math.isfinite(float(grad_norm)):
+        firing = gate.fire_without_gradient(iteration) if gate is not None else []
+        if firing:
+            gate.step(optimizer, firing, others=False)
+            gate.after_inner_step(firing)
+        return False, (None if grad_norm is None else float(grad_norm)), firing
     for opt in _sub_optimizers(optimizer):
         if getattr(opt, "is_stub_optimizer", False) or not opt.get_parameters():
             continue
         if opt.config.clip_grad > 0.0:
             clip_grad_by_total_norm_fp32(opt.get_parameters(), max_norm=opt.config.clip_grad, total_norm=grad_norm)
-    firing = gate.before_inner_step(iteration) if gate is not None else []
-    ok = optimizer.step_with_ready_grads()
-    if gate is not None:
-        gate.after_inner_step(firing)
+    if gate is None:
+        return bool(optimizer.step_with_ready_grads()), float(grad_norm), []
+    firing = gate.before_inner_step(iteration)
+    ok = gate.step(optimizer, firing)
+    gate.after_inner_step(firing)
     return bool(ok), float(grad_norm), firing

@@ -47,6 +47,7 @@ class MixerShape:
     memory_depth: int = 2  # 1: one d_h x d_h matrix per memory instead of two (hope_math §2.2)
     static_vector_channels: int = 0  # k̃, ṽ in_proj channels when those memories are off (hope_math §2.1)
     static_scalar_channels: int = 0  # η̃, α̃ logits per head when M_η / M_α are off
+    x_channel: bool = True  # x̃ in in_proj: only when a projection memory reads it (self_mod on, hope_math §10 #18)
 
 
 @dataclasses.dataclass
@@ -104,7 +105,7 @@ def _mixer_of(config, letter: str) -> MixerShape:
     op = config.to_op_config(letter)
     static = op.static_channels()
     return MixerShape(kind="memory", num_memories=len(op.memory_names()), momentum=bool(op.momentum),
-                      memory_depth=op.memory_depth,
+                      memory_depth=op.memory_depth, x_channel=bool(op.projection_memories()),
                       static_vector_channels=sum(c in ("k", "v") for c in static),
                       static_scalar_channels=sum(c in ("eta", "alpha") for c in static))
 
@@ -123,12 +124,13 @@ def _attention(shape: FlopsShape, window: Optional[int] = None) -> float:
 
 
 def _memory(shape: FlopsShape, m: MixerShape) -> float:
-    """Titans mixer per token: fused in_proj [x̃ | q | g | static k̃, ṽ | η̃, α̃] (hope_math §2.1, §2.9), out_proj, and per
-    head the memory reads and updates of hope_math §3.7 (two matrices per memory; one for a linear memory)."""
+    """Titans mixer per token: fused in_proj [x̃ | q | g | static k̃, ṽ | η̃, α̃] (hope_math §2.1, §2.9; x̃ only with
+    self-modification, §10 #18), out_proj, and per head the memory reads and updates of hope_math §3.7 (two matrices
+    per memory; one for a linear memory)."""
     h = shape.hidden_size
     H, dh = shape.memory_heads or shape.num_attention_heads, shape.memory_head_dim or h // shape.num_attention_heads
     inner = H * dh
-    in_ch = inner * (3 + m.static_vector_channels) + H * m.static_scalar_channels
+    in_ch = inner * (2 + int(m.x_channel) + m.static_vector_channels) + H * m.static_scalar_channels
     proj = 2.0 * h * in_ch + 2.0 * inner * h  # in_proj (incl. the gate g), out_proj
     adv = MEMORY_ADVANCE_MACS_MOMENTUM if m.momentum else MEMORY_ADVANCE_MACS
     depth = m.memory_depth / 2.0
@@ -140,7 +142,7 @@ def _default_mixer(shape: FlopsShape) -> MixerShape:
     if shape.variant in ATTENTION_MIXERS:
         return MixerShape(kind="attention", window=shape.window)
     return MixerShape(kind="memory", num_memories=shape.num_memories, momentum=shape.momentum,
-                      static_vector_channels=shape.static_vector_channels,
+                      x_channel=shape.num_memories > 1, static_vector_channels=shape.static_vector_channels,
                       static_scalar_channels=shape.static_scalar_channels)
 
 

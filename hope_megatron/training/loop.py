@@ -50,10 +50,15 @@ class _Stop:
             signal.signal(sig, old)
 
 
-def forward_step(data_iterator, model, device=None):
-    """Megatron's forward_step contract: (output, loss_func); the loss is the masked token mean of one micro-batch."""
+def forward_step(data_iterator, model, device=None, eod=None):
+    """Megatron's forward_step contract: (output, loss_func); the loss is the masked token mean of one micro-batch.
+    eod: the EOD token id under --hope-reset-at-eod; the document starts then ride in the attention-mask argument,
+    which megatron hands to every layer on every pipeline stage (layers/hope_layer.py)."""
+    from hope_megatron.ops.documents import document_starts
+
     batch = data.get_batch(data_iterator, device)
-    output = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
+    starts = None if eod is None else document_starts(batch["tokens"], eod)
+    output = model(batch["tokens"], batch["position_ids"], starts, labels=batch["labels"])
     mask = batch["loss_mask"].float()
 
     def loss_func(output_tensor):
@@ -90,6 +95,25 @@ def _memory_state_norms(model) -> dict:
     return out
 
 
+def _clip_stats(model, device=None):
+    """Per layer (this rank's mixers) {name: (hit rate, mean clip scale)} of the inner chunk clip since the last call,
+    and the world-wide (hits, writes, scale sum) for the log line; resets the mixers' totals (hope_math §10 #17)."""
+    per_layer, total = {}, torch.zeros(3, dtype=torch.float64)
+    for chunk in model:
+        for name, mod in chunk.named_modules():
+            t = getattr(mod, "clip_totals", None)
+            if isinstance(t, torch.Tensor):
+                writes, hits, scale = (float(v) for v in t.cpu())
+                mod.clip_totals = None
+                if writes > 0:
+                    per_layer[name.replace("module.", "")] = (hits / writes, scale / writes)
+                    total += torch.tensor([hits, writes, scale], dtype=torch.float64)
+    if dist.is_initialized():  # layers of every stage, heads of every TP rank, data of every DP rank
+        total = total.to(device) if device is not None else total  # nccl reduces device tensors only
+        dist.all_reduce(total)
+    return per_layer, tuple(float(v) for v in total.cpu())
+
+
 def pretrain(args, level_of=None, hooks=None) -> dict:
     """Train per `args` (from arguments.parse_args). Returns a summary dict (identical on every rank)."""
     from megatron.core import parallel_state as ps
@@ -110,6 +134,7 @@ def pretrain(args, level_of=None, hooks=None) -> dict:
     args_dict = resolved_config(args)
     print_rank0("------------------------ hope-train arguments ------------------------\n" + format_config(args))
 
+    args_dict["eod_token_id"] = int(tokenizer.eod)  # for the converter's config.json (--hope-reset-at-eod)
     config = build_config(args)
     chunks = build_model_chunks(args, config, args.real_vocab_size, vocab)  # every weight drawn full from --seed
     if hooks is not None and hasattr(hooks, "after_build"):  # tests: e.g. layout-independent weights
@@ -152,7 +177,7 @@ def pretrain(args, level_of=None, hooks=None) -> dict:
     fwd_bwd = get_forward_backward_func()
     dp = ps.get_data_parallel_world_size()
     n_micro = args.global_batch_size // (args.micro_batch_size * dp)
-    step_fn = partial(forward_step, device=device)
+    step_fn = partial(forward_step, device=device, eod=int(tokenizer.eod) if config.hope_reset_at_eod else None)
 
     def run_schedule(iters, forward_only):
         return fwd_bwd(forward_step_func=step_fn, data_iterator=iters if vpp > 1 else iters[0], model=model,
@@ -164,6 +189,7 @@ def pretrain(args, level_of=None, hooks=None) -> dict:
     thr = Throughput(args.global_batch_size * args.seq_length, fam["total"], dist.get_world_size(), peak)
     stop = _Stop(args.exit_signal_handler)
     summary = {"losses": {}, "grad_norms": {}, "firings": {}, "valid_losses": {}, "skipped": 0, "tokens_per_s": [],
+               "clip_hit_rate": {},
                "start_iteration": iteration, "stopped_by": None}
     skipped_total, consecutive, interval_losses, last_saved = 0, 0, [], None
 
@@ -209,12 +235,20 @@ def pretrain(args, level_of=None, hooks=None) -> dict:
             finite = [x for x in interval_losses if math.isfinite(x)]
             mean_loss = sum(finite) / len(finite) if finite else float("nan")
             lr = optimizer.param_groups[0]["lr"]
-            print_rank0(progress_line(iteration=iteration, train_iters=args.train_iters, consumed=consumed,
-                                      lr=lr, loss=mean_loss, grad_norm=grad_norm, skipped=skipped_total, **rates))
-            tb.train(iteration, loss=mean_loss, lr=lr, grad_norm=grad_norm, skipped=skipped_total, consumed=consumed,
-                     **{k: rates[k] for k in ("tokens_per_s", "mfu", "ms_per_iter")})
+            line = progress_line(iteration=iteration, train_iters=args.train_iters, consumed=consumed, lr=lr,
+                                 loss=mean_loss, grad_norm=grad_norm, skipped=skipped_total, **rates)
             if args.log_memory_state_norms:
                 tb.memory_norms(iteration, _memory_state_norms(model))
+                per_layer, (hits, writes, scale) = _clip_stats(model, device)
+                for name, (rate, mean_scale) in per_layer.items():
+                    tb.scalar(f"inner-clip-hit-rate/{name}", rate, iteration)
+                    tb.scalar(f"inner-clip-scale/{name}", mean_scale, iteration)
+                if writes > 0:  # hope_math §10 #17: how often the chunk clip, not η, set the inner step
+                    line += f" | inner clip hits: {100 * hits / writes:.1f}% (mean scale {scale / writes:.3f})"
+                    summary["clip_hit_rate"][iteration] = hits / writes
+            print_rank0(line)
+            tb.train(iteration, loss=mean_loss, lr=lr, grad_norm=grad_norm, skipped=skipped_total, consumed=consumed,
+                     **{k: rates[k] for k in ("tokens_per_s", "mfu", "ms_per_iter")})
             summary["tokens_per_s"].append(rates["tokens_per_s"])
             interval_losses = []
         if args.eval_interval and valid_iters and iteration % args.eval_interval == 0:

@@ -21,7 +21,11 @@ CASES = {
     "swa": ["--hope-variant", "swa", "--swa-window", "5"],
     "hybrid": ["--hope-variant", "hope", "--num-layers", "4", "--layer-pattern", "HDWT", "--cms-levels", "2",
                "--cms-variant", "independent", "--cms-hidden-sizes", "32", "64", "--untie-embeddings-and-output-weights"],
+    # issue 16 item 3: memory layers reset after every EOD (tokens() holds two), the W layer sees across them
+    "hybrid_reset": ["--hope-variant", "hope", "--num-layers", "4", "--layer-pattern", "HTDW", "--cms-levels", "2",
+                     "--hope-reset-at-eod"],
 }
+EOD = VOCAB - 1  # what the save records as the tokenizer's eod_token_id
 
 
 ROUND_TRIP = ("hope", "hybrid")
@@ -46,7 +50,9 @@ def case_args(case, tp=1, pp=1):
 
 
 def tokens():
-    return torch.randint(0, VOCAB, (BATCH, SEQ), generator=torch.Generator().manual_seed(5))
+    t = torch.randint(0, EOD, (BATCH, SEQ), generator=torch.Generator().manual_seed(5))
+    t[0, 5] = t[1, 9] = EOD  # row 0's next document starts at a streaming split (6), row 1's inside a piece (10)
+    return t
 
 
 def _build(args):
@@ -70,7 +76,7 @@ def save_worker(root):
     platform.initialize(2, 2, seed=3)
     for case in CASES:
         args = case_args(case, 2, 2)
-        args.world_size = 4
+        args.world_size, args.eod_token_id = 4, EOD  # the training loop records the tokenizer's EOD id
         model = _build(args)
         path = os.path.join(root, case, "iter_0000007")
         if dist.get_rank() == 0:
@@ -84,13 +90,17 @@ def save_worker(root):
         dist.barrier()
     platform.initialize(1, 1, seed=3)
     out = {}
+    from hope_megatron.ops.documents import document_starts
+
     for case in CASES:
-        model = _build(case_args(case))
+        args = case_args(case)
+        model = _build(args)
         model.eval()
         with torch.no_grad():
             t = tokens()
             pos = torch.arange(SEQ).unsqueeze(0).expand_as(t)
-            out[case] = model(t, pos, None).detach().clone()
+            starts = document_starts(t, EOD) if args.hope_reset_at_eod else None
+            out[case] = model(t, pos, starts).detach().clone()
     return out if dist.get_rank() == 0 else None
 
 

@@ -18,6 +18,7 @@ BASE = ["--hope-variant", "hope", "--num-layers", "2", "--hidden-size", "32", "-
         "--lr", "1e-2", "--min-lr", "1e-3", "--lr-warmup-iters", "1", "--clip-grad", "1.0", "--log-interval", "1",
         "--untie-embeddings-and-output-weights", "--seed", "7", "--no-exit-signal-handler"]
 REL = 1e-5
+P4 = ["--train-iters", "7", "--cms-periods", "1", "4", "--cms-warmup", "0", "2", "--weight-decay", "0.1"]
 
 
 def _run(argv, hooks=None):
@@ -100,16 +101,33 @@ def worker_tp1_suite(tmp, tp2_ckpt):
                 "--wandb-project", "hope-test", "--wandb-exp-name", "tp1", "--wandb-save-dir", os.path.join(tmp, "wb")])
     out["ref"] = _losses(ref)
     out["valid"] = ref["valid_losses"]
+    out["clip_hit_rate"] = ref["clip_hit_rate"]
+    out["reset"] = _losses(_run(["--train-iters", "3", "--hope-reset-at-eod"]))
     resharded = _run(["--train-iters", "6", "--load", tp2_ckpt])
     out["resharded_start"] = resharded["start_iteration"]
     out["resharded"] = _losses(resharded)
     out["crash"] = _crash_and_resume(tmp)
     rec = _Period4Recorder()
-    p4 = _run(["--train-iters", "7", "--cms-periods", "1", "4", "--cms-warmup", "0", "2", "--weight-decay", "0.1"],
-              hooks=rec)
+    p4 = _run(P4, hooks=rec)
     out["p4"] = dict(changed=rec.changed, steps=rec.steps, firings=p4["cms_firings"], update_err=rec.update_err,
-                     fired_at=rec.fired_at, n_params=rec.n_params, other_steps=rec.other_steps)
+                     fired_at=rec.fired_at, n_params=rec.n_params, other_steps=rec.other_steps, losses=_losses(p4))
+    out["p4_fused"] = _losses(_with_fused_adam_stand_in(lambda: _run(P4)))
     return out
+
+
+def _with_fused_adam_stand_in(fn):
+    """Run fn with megatron picking a FusedAdam-like optimizer (one step count per param group), as it does when
+    Transformer Engine or Apex imports (issue 16 item 1)."""
+    import megatron.core.optimizer as mcore_optimizer
+
+    from tests.unit.training.test_cms_gate import GroupStepAdam
+
+    saved = mcore_optimizer.Adam, mcore_optimizer.USING_PYTORCH_OPTIMIZER
+    mcore_optimizer.Adam, mcore_optimizer.USING_PYTORCH_OPTIMIZER = GroupStepAdam, False
+    try:
+        return fn()
+    finally:
+        mcore_optimizer.Adam, mcore_optimizer.USING_PYTORCH_OPTIMIZER = saved
 
 
 class _Period4Recorder:
@@ -202,6 +220,10 @@ def test_period4_level_changes_only_when_firing(tp1_results):
     assert p4["steps"] == [0, 0, 0, 0, 0, 1, 1] and p4["firings"] == [7, 1]
     assert p4["other_steps"] == 7
     assert p4["update_err"] < 1e-5, p4["update_err"]
+    # the same run under a FusedAdam-like optimizer (per-group step) gives the same losses: the level that fired at
+    # i = 5 was bias-corrected with its own count 1, not the group's 6 (the loss at i = 6 shows it)
+    for a, b in zip(r["p4_fused"], p4["losses"]):
+        assert _rel(a, b) < REL, (r["p4_fused"], p4["losses"])
 
 
 def test_tensorboard_tags(tp1_results):
@@ -219,6 +241,12 @@ def test_tensorboard_tags(tp1_results):
     norms = [t for t in tags if t.startswith("memory-state-norm/") and t.endswith("self_attention")]
     assert len(norms) >= 2, sorted(tags)  # one per HOPE layer's Titans mixer
     assert all(0 < acc.Scalars(t)[-1].value < float("inf") for t in norms)
+    # the chunk clip (default 0.3) per layer: hit rate in [0, 1], mean scale in (0, 1] (issue 16 item 5)
+    for kind, lo in (("inner-clip-hit-rate", 0.0), ("inner-clip-scale", 1e-6)):
+        clip = [t for t in tags if t.startswith(f"{kind}/") and t.endswith("self_attention")]
+        assert len(clip) == 2, sorted(tags)
+        assert all(lo <= e.value <= 1.0 for t in clip for e in acc.Scalars(t)) and len(acc.Scalars(clip[0])) == 6
+    assert sorted(r["clip_hit_rate"]) == list(range(1, 7)) and all(0 <= v <= 1 for v in r["clip_hit_rate"].values())
     assert [e.value for e in acc.Scalars("cms/level1/fired")] == [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]
     assert abs(acc.Scalars("lm loss")[0].value - r["ref"][0]) < 1e-5 * abs(r["ref"][0])
     assert sorted(r["valid"]) == [3, 6]
@@ -284,10 +312,14 @@ def test_sharded_optimizer_parity_resume_and_reshard(results, request, tp1_resul
 
 
 @pytest.mark.parametrize("extra", [["--pipeline-model-parallel-size", "2"],
-                                   ["--tensor-model-parallel-size", "2", "--sequence-parallel"]],
-                         ids=["pp2", "tp2_sp"])
+                                   ["--tensor-model-parallel-size", "2", "--sequence-parallel"],
+                                   ["--pipeline-model-parallel-size", "2", "--hope-reset-at-eod"]],
+                         ids=["pp2", "tp2_sp", "pp2_reset_at_eod"])
 def test_layout_parity(extra, tp1_results):
     _, r = tp1_results
+    want = r["reset"] if "--hope-reset-at-eod" in extra else r["ref"][:3]
     losses = run_distributed(worker_layout, 2, extra, timeout=300)[0]
-    for a, b in zip(losses, r["ref"][:3]):
-        assert _rel(a, b) < REL, (extra, losses, r["ref"][:3])
+    for a, b in zip(losses, want):
+        assert _rel(a, b) < REL, (extra, losses, want)
+    if "--hope-reset-at-eod" in extra:  # the mock data holds EOD tokens: the reset changed the run, on both stages
+        assert max(_rel(a, b) for a, b in zip(r["reset"], r["ref"])) > 1e-4, (r["reset"], r["ref"])

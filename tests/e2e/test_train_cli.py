@@ -32,6 +32,9 @@ def test_cli_trains_logs_and_checkpoints(tmp_path):
     assert "MFU: not reported (CPU: no known peak; pass --peak-flops to set one)" in r.stdout
     progress = [ln for ln in r.stdout.splitlines() if "consumed samples" in ln]
     assert "model FLOPs per iteration" in r.stdout and len(progress) == 3 and not any("MFU" in ln for ln in progress)
+    # the inner chunk clip (default 0.3) in the summary at the end of each line (issue 16 item 5)
+    clip = re.findall(r"ETA: \d+:\d\d:\d\d \| inner clip hits: (\d+\.\d)% \(mean scale (\d\.\d{3})\)", r.stdout)
+    assert len(clip) == 3 and all(0 <= float(h) <= 100 and 0 < float(m) <= 1 for h, m in clip), r.stdout[-3000:]
     assert r.stdout.count("hope-train arguments") == 1
     assert open(os.path.join(save, "latest_checkpointed_iteration.txt")).read().strip() == "3"
     assert sorted(d for d in os.listdir(save) if d.startswith("iter_")) == ["iter_0000002", "iter_0000003"]

@@ -113,3 +113,26 @@ def test_mode_a_rows_are_each_checkpoint_on_every_segment(tmp_path):
     assert two["per_seed_average_forgetting"][0] == pytest.approx(res["average_forgetting"], rel=1e-9)
     with pytest.raises(ValueError, match="one checkpoint per segment"):
         run(dict(spec, checkpoints=[cks[1:3], cks[1:2]]), "A", [0])
+
+
+def test_test_time_cms_does_not_depend_on_the_feed_cuts():
+    """Issue 16 item 4: feeding a stream as 3 + 10 + 13 tokens gives the NLL and the CMS parameters of one aligned
+    call (segment 8): the pair crossing a feed() cut is differentiated and no gradient is truncated at the cut."""
+    tokens = torch.randint(0, 256, (2, 26), generator=torch.Generator().manual_seed(3))
+    cfg = TestTimeCMSConfig(periods=[8, 16], lr=[5e-2, 5e-2], clip=[10.0, 10.0], momentum=[0.5, 0.0])
+    runs = {}
+    for name, cuts in (("aligned", [26]), ("cut", [3, 10, 13]), ("fine", [1, 6, 1, 9, 9])):
+        model = tiny_model("hope", chunk=4, cms_widths=(16, 16))
+        ttc = TestTimeCMS(model, cfg)
+        pos, out = 0, []
+        for n in cuts:
+            out.append(ttc.feed(tokens[:, pos:pos + n]))
+            pos += n
+        runs[name] = (torch.cat(out, dim=1), torch.cat([p.detach().reshape(-1) for p in model.parameters()]),
+                      dict(ttc.updates))
+    nll, params, updates = runs["aligned"]
+    assert updates == {0: 3, 1: 1}
+    for name in ("cut", "fine"):
+        assert runs[name][2] == updates
+        assert (runs[name][0] - nll).abs().max() < 1e-6, (name, (runs[name][0] - nll).abs().max())
+        assert (runs[name][1] - params).abs().max() < 1e-6, (name, (runs[name][1] - params).abs().max())

@@ -1,7 +1,5 @@
 """HopeConfig: presets per variant (hope_math §5.2), derived fields, and one clear error per invalid setting."""
 
-import math
-
 import pytest
 import torch
 
@@ -17,7 +15,7 @@ def test_defaults_are_hope_math_section_1():
     assert (c.normalization, c.gated_linear_unit, c.add_bias_linear) == ("RMSNorm", True, False)
     op = c.to_op_config()
     assert (op.chunk_size, op.momentum, op.eta_max, op.eta_init, op.alpha_init) == (8, 0.9, 0.1, 0.01, 0.999)
-    assert op.memory_names() == ("k", "v", "eta", "alpha", "mem") and math.isinf(op.inner_clip)
+    assert op.memory_names() == ("k", "v", "eta", "alpha", "mem") and op.inner_clip == 0.3  # §10 #17: finite
     assert not op.recompute_chunks and HopeConfig(titans_recompute_chunks=True, **SHAPE).to_op_config().recompute_chunks
 
 
@@ -77,3 +75,21 @@ def test_for_variant_rejects_unknown_variant():
 
 def test_pipeline_dtype_follows_params_dtype():
     assert HopeConfig(params_dtype=torch.bfloat16, bf16=True, **SHAPE).pipeline_dtype == torch.bfloat16
+
+
+def test_default_inner_clip_keeps_self_generated_targets_finite():
+    """hope_math §10 #17 (issue 16 item 5): with the spec's defaults and no clip the self-generated targets diverge
+    (max |y| ~1e10 within 40 tokens at d_h = 8, then nan); the default config's clip keeps the read bounded."""
+    import torch.nn.functional as F
+
+    from hope_megatron.ops import init_meta_params, titans_memory
+
+    op = HopeConfig(num_layers=1, hidden_size=16, num_attention_heads=2).to_op_config()  # d_h = 8
+    torch.manual_seed(0)
+    p = init_meta_params(2, 8, op)
+    x = F.silu(torch.randn(2, 2, 64, 8))
+    q = F.normalize(F.silu(torch.randn(2, 2, 64, 8)), dim=-1)
+    stats = {}
+    y = titans_memory(x, q, p, op, impl="chunked", stats=stats)
+    assert torch.isfinite(y).all() and y.abs().max() < 10.0
+    assert stats["clip_writes"] == 2 * 2 * 5 * 7  # (batch, head, memory, closed chunk): every write is clipped-checked

@@ -139,3 +139,50 @@ def test_unknown_backend_is_one_sentence(mp_group):
 
     with pytest.raises(ValueError, match="transformer_impl='te' must be one of local, transformer_engine"):
         get_backend("te")
+
+
+def test_every_memory_mixer_parameter_gets_gradient(mp_group):
+    """Issue 16 item 2: without self-modification (T, D) nothing reads x̃, so in_proj and the conv hold no x̃ rows
+    (they had gradient exactly 0): every in_proj row and conv channel of every memory layer gets a gradient."""
+    cfg, model = _build("hybrid_independent")  # layers H, T, D, A
+    torch.manual_seed(0)
+    tokens = torch.randint(0, VOCAB, (2, SEQ))
+    pos = torch.arange(SEQ).expand(2, SEQ)
+    model(tokens, pos, None, labels=tokens).sum().backward()
+    d, H = cfg.memory_head_dim, cfg.memory_heads
+    rows = {}
+    for i, letter in enumerate("HTD"):
+        mixer = model.decoder.layers[i].self_attention
+        rows[letter] = mixer.in_proj.weight.shape[0]
+        for name, p in (("in_proj", mixer.in_proj.weight), ("conv", mixer.conv_weight)):
+            dead = (p.grad.abs().sum(dim=1) == 0).sum().item()
+            assert dead == 0, f"layer {letter}: {dead} of {p.shape[0]} {name} rows have gradient exactly 0"
+    assert rows == {"H": 3 * H * d, "T": 4 * H * d + 2 * H, "D": 4 * H * d + H}  # T: q g k v η α; D: no α
+
+
+def test_reset_at_eod_makes_packed_documents_independent(mp_group):
+    """Issue 16 item 3 (hope_math §2.7): with hope_reset_at_eod a packed [doc1 EOD doc2] gives doc2 the same
+    per-token losses as doc2 alone, through every memory letter (H, T, D) of a megatron GPTModel; without it doc1
+    leaks into doc2 through the memory state."""
+    from hope_megatron import platform
+    from hope_megatron.models import build_model
+    from hope_megatron.ops.documents import document_starts
+
+    eod = VOCAB - 1
+    g = torch.Generator().manual_seed(5)
+    doc1 = torch.cat([torch.randint(0, eod, (2, 6), generator=g), torch.full((2, 1), eod)], dim=1)
+    doc2 = torch.randint(0, eod, (2, SEQ - 7), generator=g)
+    packed = torch.cat([doc1, doc2], dim=1)
+    losses = {}
+    for reset in (True, False):
+        cfg = HopeConfig.for_variant("hope", **{**SHAPE, "num_layers": 3}, layer_pattern="HTD", cms_levels=2,
+                                     hope_reset_at_eod=reset)
+        platform.configure(cfg)
+        torch.manual_seed(0)
+        model = build_model(cfg, VOCAB, SEQ).eval()
+        pos = torch.arange(SEQ).expand(2, SEQ)
+        with torch.no_grad():
+            both = model(packed, pos, document_starts(packed, eod) if reset else None, labels=packed)[:, 7:]
+            alone = model(doc2, pos[:, :SEQ - 7], None, labels=doc2)
+        losses[reset] = (both - alone).abs().max().item()
+    assert losses[True] < 1e-5 and losses[False] > 1e-3, losses

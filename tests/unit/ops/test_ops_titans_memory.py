@@ -88,7 +88,7 @@ def _mlp(w1, w2, z):
 def test_c1_equals_per_token_recurrence():
     """§3.1 with C = 1: each token reads and writes at W_{t−1}; written here from the paper's equations, with the
     inner gradient by autograd and the DGD factor as an explicit matrix (NL-arXiv Eqs 84–88, hope_math §2.3–2.5)."""
-    cfg = TitansOpConfig(chunk_size=1, momentum=0.7)
+    cfg = TitansOpConfig(chunk_size=1, momentum=0.7, inner_clip=float("inf"))  # the written loop has no clip
     x, q, _, p = make_case(cfg, B=1, H=2, L=6, d=3)
     names = cfg.memory_names()
     W = {m: [p[f"{m}_w1"].detach().clone().expand(1, -1, -1, -1), p[f"{m}_w2"].detach().clone().expand(1, -1, -1, -1)]
@@ -125,7 +125,7 @@ def test_linear_memory_is_gated_delta_rule(decay, read_after_update):
     """§3.3 / §8 row 9: self_mod off, linear, C = 1, β = 0, DGD off is the (gated) delta rule with β_t = 2η_t:
     S_t = α_t S_{t−1} − 2η_t (S_{t−1}k_t − v_t) k_tᵀ; deltanet reads S_t, Titans-style reads S_{t−1}."""
     cfg = TitansOpConfig(chunk_size=1, self_mod=False, memory_depth=1, momentum=0.0, dgd=False, decay=decay,
-                         read_after_update=read_after_update, zero_init=True, eta_max=0.5)
+                         read_after_update=read_after_update, zero_init=True, eta_max=0.5, inner_clip=float("inf"))
     x, q, st, p = make_case(cfg, B=2, H=2, L=9, d=4)
     k = l2norm(st["k"])
     eta = 0.5 * torch.sigmoid(st["eta"] + p["eta_bias"].detach()[:, None])
@@ -145,7 +145,7 @@ def test_linear_memory_is_gated_delta_rule(decay, read_after_update):
 def test_self_mod_off_equals_titans_lmm():
     """§5.4 seed 1 / §8 row 9: self_mod off, DGD off is Titans' LMM with boundary reads, written directly: per chunk,
     y = M(q) at the boundary; per token G_t = ∇‖M(k_t) − v_t‖² at the boundary, m = βm + G_t, W = α_t W − η_t m."""
-    cfg = TitansOpConfig(chunk_size=4, self_mod=False, dgd=False, momentum=0.9)
+    cfg = TitansOpConfig(chunk_size=4, self_mod=False, dgd=False, momentum=0.9, inner_clip=float("inf"))
     x, q, st, p = make_case(cfg, B=2, H=2, L=11, d=4)
     k, v = l2norm(st["k"]), st["v"]
     eta = cfg.eta_max * torch.sigmoid(st["eta"] + p["eta_bias"].detach()[:, None])

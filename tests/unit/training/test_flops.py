@@ -49,3 +49,7 @@ def test_from_config_counts_each_layer_of_a_hybrid_with_its_own_mixer():
     assert titans.cms_hidden_sizes is None  # one plain MLP, not a CMS stack
     m = titans.mixers[0]
     assert (m.num_memories, m.static_vector_channels, m.static_scalar_channels) == (1, 2, 2)
+    # no x̃ channel without self-modification (issue 16 item 2): in_proj is q, g, k̃, ṽ (H·d_h each) + η̃, α̃ (H)
+    in_proj, out_proj = 2 * 64 * (4 * 64 + 2 * 4), 2 * 64 * 64
+    memory = 2 * 1 * (8 + 7) * 16 * 16 * 4  # one memory with momentum (hope_math §3.7)
+    assert not m.x_channel and forward_flops_per_token(titans)["memory"] == 2 * (in_proj + out_proj + memory)
