@@ -6,9 +6,11 @@
 Measured with torch.autograd.graph.saved_tensors_hooks around one forward as the Titans mixer makes it (training,
 return_state=True, bf16 x̃ and q requiring grad, B = 1, the pilot's op settings: HOPE defaults, inner clip 0.3, update
 dropout 0.2): the sum of the unique storages the pack hook sees (a view counts its whole storage, once), parameters
-excluded. Beside each measurement, the figure the launchers' preflight uses (hope_megatron/training/memory_estimate.py):
-for triton ops.triton.saved_bytes(), for chunked the saved set measured at 4 and 8 chunks of one head and
-extrapolated. Only the forward runs (the saved set is complete when it returns).
+excluded. "live" cross-checks it: what stays allocated after the forward less the output (glibc's in-use heap on
+CPU, torch.cuda.memory_allocated on CUDA), which also sees tensors kept outside autograd's hooks
+(hope_megatron/training/saved_memory.py). Beside each measurement, the figure the launchers' preflight uses
+(hope_megatron/training/memory_estimate.py): for triton ops.triton.saved_bytes(), for chunked the live bytes measured
+at 4 and 8 chunks of one head and extrapolated. Only the forward runs (the saved set is complete when it returns).
 
 Shapes (issue 14): pilot L 2048, H 8, d_h 64, C 8; mid L 4096, H 16, C 16; target per TP-2 rank L 8192, H 12 (of 24),
 C 32. Target for the fused kernels: <= 64 MiB per layer and sequence at the pilot shape.
@@ -40,26 +42,26 @@ def measure(impl: str, shape, args) -> dict:
 
     from hope_megatron.ops import TitansOpConfig
     from hope_megatron.ops import triton as op_triton
-    from hope_megatron.training.memory_estimate import measure_saved_bytes, measured_op_bytes
+    from hope_megatron.training.saved_memory import measure_saved_bytes, measured_op_bytes
 
     length, heads, d, chunk = shape
     cfg = TitansOpConfig(chunk_size=chunk, inner_clip=args.inner_clip, update_dropout=args.update_dropout)
     t0 = time.perf_counter()
-    got, fell_back = 0, False
+    r = {"hooks": 0, "live": None, "fell_back": False}
     if impl == "triton":  # a short probe first: a fallback is not worth measuring at full length
-        _, fell_back = measure_saved_bytes(cfg, impl, 1, 1, 2 * chunk, d, torch.bfloat16, device=args.device)
-    if not fell_back:
-        got, fell_back = measure_saved_bytes(cfg, impl, 1, heads, length, d, torch.bfloat16, device=args.device)
+        r = measure_saved_bytes(cfg, impl, 1, 1, 2 * chunk, d, torch.bfloat16, device=args.device)
+    if not r["fell_back"]:
+        r = measure_saved_bytes(cfg, impl, 1, heads, length, d, torch.bfloat16, device=args.device)
     seconds = time.perf_counter() - t0
     if impl == "triton":
         predicted = op_triton.saved_bytes(cfg, 1, heads, length, d, input_bytes=2)
     else:
         predicted = measured_op_bytes(cfg, impl, 1, heads, length, d, input_bytes=2)
     reason = None
-    if fell_back:
+    if r["fell_back"]:
         x = torch.empty(1, heads, 1, d, device=args.device)
         reason = op_triton.unsupported(x, cfg, None, True) or "no Triton kernel was launched"
-    return {"bytes": got, "predicted": predicted, "seconds": seconds, "fell_back": reason}
+    return {"bytes": r["hooks"], "live": r["live"], "predicted": predicted, "seconds": seconds, "fell_back": reason}
 
 
 def main(argv=None) -> int:
@@ -85,8 +87,8 @@ def main(argv=None) -> int:
               "with TRITON_INTERPRET=1 to measure the fused kernels under Triton's interpreter.")
     print(f"bench_saved_memory: bytes kept for the backward per layer and sequence (B=1, bf16 inputs, training, "
           f"inner clip {args.inner_clip}, update dropout {args.update_dropout}) on {args.device}")
-    hdr = (f"{'shape':7s} {'L':>5s} {'H':>3s} {'C':>3s} {'impl':8s} {'measured':>13s} {'preflight figure':>17s} "
-           f"{'meas/pred':>9s} {'time':>7s}")
+    hdr = (f"{'shape':7s} {'L':>5s} {'H':>3s} {'C':>3s} {'impl':8s} {'saved (hooks)':>13s} {'live':>13s} "
+           f"{'preflight figure':>17s} {'hooks/pred':>10s} {'time':>7s}")
     print(hdr)
     print("-" * len(hdr))
     results = {}
@@ -96,12 +98,14 @@ def main(argv=None) -> int:
             results[(name, impl)] = r
             L, H, _, C = SHAPES[name]
             if r["fell_back"]:
-                print(f"{name:7s} {L:5d} {H:3d} {C:3d} {impl:8s} {'NOT MEASURED':>13s} "
-                      f"{r['predicted'] / MIB:13.1f} MiB {'':>9s} {r['seconds']:6.1f}s  (no fused kernel ran: "
+                print(f"{name:7s} {L:5d} {H:3d} {C:3d} {impl:8s} {'NOT MEASURED':>13s} {'':>13s} "
+                      f"{r['predicted'] / MIB:13.1f} MiB {'':>10s} {r['seconds']:6.1f}s  (no fused kernel ran: "
                       f"{r['fell_back']})", flush=True)
                 continue
-            print(f"{name:7s} {L:5d} {H:3d} {C:3d} {impl:8s} {r['bytes'] / MIB:9.1f} MiB {r['predicted'] / MIB:13.1f} "
-                  f"MiB {r['bytes'] / r['predicted']:9.3f} {r['seconds']:6.1f}s", flush=True)
+            live = f"{r['live'] / MIB:9.1f} MiB" if r["live"] is not None else f"{'—':>13s}"
+            print(f"{name:7s} {L:5d} {H:3d} {C:3d} {impl:8s} {r['bytes'] / MIB:9.1f} MiB {live} "
+                  f"{r['predicted'] / MIB:13.1f} MiB {r['bytes'] / r['predicted']:10.3f} {r['seconds']:6.1f}s",
+                  flush=True)
     print()
     for name in shapes:
         c, t = results.get((name, "chunked")), results.get((name, "triton"))

@@ -8,8 +8,8 @@ the most micro-batches in flight; the last stage holds the logits), the estimate
 
   memory op          bytes the Titans memory op keeps for its backward, per layer and sequence: on CUDA with
                      --titans-impl auto|triton the fused kernels' formula (ops.triton.saved_bytes); with chunked or
-                     naive, the op's own saved set measured on CPU at two short lengths and extrapolated linearly
-                     (the saved set of both forms is affine in the sequence length; benchmarks/bench_saved_memory.py)
+                     naive, what the op leaves allocated for its backward, measured on CPU at two short lengths and
+                     extrapolated linearly (training/saved_memory.py; benchmarks/bench_saved_memory.py)
   other activations  every other tensor autograd keeps, itemised per token (norm inputs, in_proj, conv, gate, CMS
                      MLPs, attention, logits); /TP for head- or width-split tensors, /TP for the rest only with
                      sequence parallelism; --recompute-granularity full keeps only each recompute unit's input
@@ -64,77 +64,17 @@ def op_impl_on_cuda(op_cfg) -> str:
     return "triton" if op_cfg.impl in ("auto", "triton") else op_cfg.impl
 
 
-_MEASURED: Dict[tuple, tuple] = {}
-
-
-def measured_op_bytes(op_cfg, impl: str, batch: int, heads: int, length: int, head_dim: int,
-                      input_bytes: int = 2, training: bool = True) -> int:
-    """Saved-for-backward bytes of the naive or chunked form, measured with saved_tensors_hooks on CPU for one head
-    and one sequence at 4 and 8 chunk lengths (lcm of the two chunk grids), extrapolated linearly in tokens, then
-    times batch x heads (the per-call constant is counted per head too: an overestimate of a few KiB)."""
-    import torch
-
-    grid = op_cfg.mem_chunk * op_cfg.proj_chunk // math.gcd(op_cfg.mem_chunk, op_cfg.proj_chunk)
-    dtype = {2: torch.bfloat16, 4: torch.float32}[input_bytes]
-    key = (op_cfg, impl, head_dim, dtype, training)
-    if key not in _MEASURED:
-        lengths = (4 * grid, 8 * grid)
-        got = [measure_saved_bytes(op_cfg, impl, 1, 1, n, head_dim, dtype, training)[0] for n in lengths]
-        slope = (got[1] - got[0]) / (lengths[1] - lengths[0])
-        _MEASURED[key] = (got[0] - slope * lengths[0], slope)
-    fixed, per_token = _MEASURED[key]
-    return int(batch * heads * (fixed + per_token * length))
-
-
-def measure_saved_bytes(op_cfg, impl: str, batch: int, heads: int, length: int, head_dim: int, dtype,
-                        training: bool = True, device: str = "cpu", seed: int = 0):
-    """(bytes, fell_back) autograd keeps for the backward of one titans_memory call as the Titans mixer makes it
-    (x̃, q and static channels requiring grad, return_state=True), unique storages, parameters excluded.
-
-    Counts what goes through saved_tensors_hooks (ctx.save_for_backward and autograd's own saves); a custom Function
-    that keeps tensors as plain ctx attributes would escape it (the fused kernels use save_for_backward)."""
-    import torch
-
-    from hope_megatron.ops import init_meta_params, titans_memory
+def op_bytes(op_cfg, layout: Layout, heads_local: int, head_dim: int, compare: bool = False):
+    """(bytes per micro-batch and layer, form, the chunked form's bytes when `compare` or the form is chunked)."""
     from hope_megatron.ops import triton as op_triton
-    from hope_megatron.ops.memory_mlp import l2norm
-
-    gen = torch.Generator().manual_seed(seed)
-    params = {n: t.to(device).requires_grad_(True)
-              for n, t in init_meta_params(heads, head_dim, op_cfg, generator=gen).items()}
-    skip = {p.untyped_storage().data_ptr() for p in params.values()}
-    shape = (batch, heads, length, head_dim)
-    x = torch.nn.functional.silu(torch.randn(shape, generator=gen)).to(device, dtype).requires_grad_(True)
-    q = l2norm(torch.randn(shape, generator=gen)).to(device, dtype).requires_grad_(True)
-    static = {}
-    for c in op_cfg.static_channels():
-        s = shape if c in ("k", "v") else shape[:3]
-        static[c] = torch.randn(s, generator=gen).to(device, dtype).requires_grad_(True)
-    seen: Dict[int, int] = {}
-
-    def pack(t):
-        st = t.untyped_storage()
-        if st.data_ptr() not in skip:
-            seen[st.data_ptr()] = st.nbytes()
-        return t
-
-    before = sum(op_triton.LAUNCHES.values())
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y, _ = titans_memory(x, q, params, op_cfg, static=static or None, impl=impl, training=training,
-                             return_state=True)
-    fell_back = impl == "triton" and sum(op_triton.LAUNCHES.values()) == before
-    del y
-    return sum(seen.values()), fell_back
-
-
-def op_bytes(op_cfg, layout: Layout, heads_local: int, head_dim: int):
-    """(bytes per micro-batch and layer, form, the chunked form's bytes for comparison)."""
-    from hope_megatron.ops import triton as op_triton
+    from hope_megatron.training.saved_memory import measured_op_bytes
 
     a = 2 if layout.bf16 else 4
     impl = op_impl_on_cuda(op_cfg) if layout.on_cuda else ("chunked" if op_cfg.impl in ("auto", "triton")
                                                            else op_cfg.impl)
-    chunked = measured_op_bytes(op_cfg, "chunked", layout.micro, heads_local, layout.seq, head_dim, a)
+    chunked = None
+    if compare or impl == "chunked":
+        chunked = measured_op_bytes(op_cfg, "chunked", layout.micro, heads_local, layout.seq, head_dim, a)
     if impl == "triton":
         return op_triton.saved_bytes(op_cfg, layout.micro, heads_local, layout.seq, head_dim, input_bytes=a), \
             "fused Triton kernels", chunked
@@ -313,7 +253,7 @@ def report(config, layout: Layout, vocab: int, tied: bool, limit_gib: float) -> 
     if mem_letter:
         op_cfg = config.to_op_config(mem_letter)
         one, form, chunked = op_bytes(op_cfg, dataclasses.replace(layout, micro=1), config.memory_heads // layout.tp,
-                                      config.memory_head_dim)
+                                      config.memory_head_dim, compare=True)
         note = f"{form}, {one / 2 ** 20:.1f} MiB per layer and sequence"
         if form.startswith("fused"):
             note += f"; the chunked form would keep {chunked / 2 ** 20:.0f} MiB"
