@@ -124,6 +124,8 @@ def count_call(impl: str, length: int, args) -> dict:
         with bwd:
             y.backward(g)
     launches_bwd = sum(op_triton.LAUNCHES.values()) - launches_fwd
+    if impl == "triton" and launches_fwd + launches_bwd == 0:  # e.g. the kernels' first-call self-check failed
+        return {"fell_back": op_triton.unsupported(x, cfg, None, True) or "no Triton kernel was launched"}
     return {"fwd": sum(fwd.ops.values()) + launches_fwd, "bwd": sum(bwd.ops.values()) + launches_bwd,
             "fwd_aten": sum(fwd.ops.values()), "bwd_aten": sum(bwd.ops.values()),
             "fwd_views": fwd.views, "bwd_views": bwd.views, "fwd_triton": launches_fwd, "bwd_triton": launches_bwd,

@@ -15,7 +15,8 @@ at 4 and 8 chunks of one head and extrapolated. Only the forward runs (the saved
 Shapes (issue 14): pilot L 2048, H 8, d_h 64, C 8; mid L 4096, H 16, C 16; target per TP-2 rank L 8192, H 12 (of 24),
 C 32. Target for the fused kernels: <= 64 MiB per layer and sequence at the pilot shape.
 Cost (2-core CPU, one thread): chunked ~1-2 min for the three shapes, peak RSS ~5 GiB (target: ~4 GiB saved). The
-triton path under TRITON_INTERPRET=1 runs its kernels in numpy: use --shapes pilot there, or expect minutes per shape.
+triton path under TRITON_INTERPRET=1 runs its kernels in numpy, one program per head in turn: use --heads 1 there
+(heads are independent, so the figure is scaled by H; the forward at the pilot shape then takes a few minutes).
 A triton path that launches no fused kernel is reported as NOT MEASURED with the reason, never as the kernel's figure.
 """
 
@@ -45,13 +46,15 @@ def measure(impl: str, shape, args) -> dict:
     from hope_megatron.training.saved_memory import measure_saved_bytes, measured_op_bytes
 
     length, heads, d, chunk = shape
+    run_heads = min(args.heads or heads, heads)  # heads are independent: measure fewer, scale by heads / run_heads
+    scale = heads / run_heads
     cfg = TitansOpConfig(chunk_size=chunk, inner_clip=args.inner_clip, update_dropout=args.update_dropout)
     t0 = time.perf_counter()
     r = {"hooks": 0, "live": None, "fell_back": False}
     if impl == "triton":  # a short probe first: a fallback is not worth measuring at full length
         r = measure_saved_bytes(cfg, impl, 1, 1, 2 * chunk, d, torch.bfloat16, device=args.device)
     if not r["fell_back"]:
-        r = measure_saved_bytes(cfg, impl, 1, heads, length, d, torch.bfloat16, device=args.device)
+        r = measure_saved_bytes(cfg, impl, 1, run_heads, length, d, torch.bfloat16, device=args.device)
     seconds = time.perf_counter() - t0
     if impl == "triton":
         predicted = op_triton.saved_bytes(cfg, 1, heads, length, d, input_bytes=2)
@@ -61,7 +64,9 @@ def measure(impl: str, shape, args) -> dict:
     if r["fell_back"]:
         x = torch.empty(1, heads, 1, d, device=args.device)
         reason = op_triton.unsupported(x, cfg, None, True) or "no Triton kernel was launched"
-    return {"bytes": r["hooks"], "live": r["live"], "predicted": predicted, "seconds": seconds, "fell_back": reason}
+    # live also holds per-op host allocations (autograd's graph) that do not grow with heads: not scaled, not shown
+    return {"bytes": r["hooks"] * scale, "live": None if r["live"] is None or scale != 1 else r["live"],
+            "predicted": predicted, "seconds": seconds, "fell_back": reason, "run_heads": run_heads}
 
 
 def main(argv=None) -> int:
@@ -72,6 +77,8 @@ def main(argv=None) -> int:
     ap.add_argument("--inner-clip", type=float, default=0.3)
     ap.add_argument("--update-dropout", type=float, default=0.2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--heads", type=int, default=0, help="measure at this many heads and scale to the shape's (the "
+                                                          "op is head-local; for the interpreter: --heads 1)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
@@ -104,7 +111,8 @@ def main(argv=None) -> int:
                 continue
             live = f"{r['live'] / MIB:9.1f} MiB" if r["live"] is not None else f"{'—':>13s}"
             print(f"{name:7s} {L:5d} {H:3d} {C:3d} {impl:8s} {r['bytes'] / MIB:9.1f} MiB {live} "
-                  f"{r['predicted'] / MIB:13.1f} MiB {r['bytes'] / r['predicted']:10.3f} {r['seconds']:6.1f}s",
+                  f"{r['predicted'] / MIB:13.1f} MiB {r['bytes'] / r['predicted']:10.3f} {r['seconds']:6.1f}s"
+                  + (f"  (measured at {r['run_heads']} heads, x{H / r['run_heads']:g})" if r["run_heads"] != H else ""),
                   flush=True)
     print()
     for name in shapes:

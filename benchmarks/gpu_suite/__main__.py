@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="report folder (default reports/gpu; --cpu-smoke: runs/gpu_suite)")
     ap.add_argument("--budget-s", type=float, default=None,
                     help="time for the two sections (default 420: with the child processes' grace and start-up the "
-                         "suite stays under the device tool's 600 s per command; smoke 60)")
+                         "suite stays under the device tool's 600 s per command; smoke 80)")
     ap.add_argument("--peak-flops", type=float, default=0.0, help="peak BF16 FLOP/s per device for MFU "
                                                                     "(default: from the device name)")
     args = ap.parse_args(argv)
@@ -111,26 +111,27 @@ def main(argv=None) -> int:
             print("error: no CUDA device is visible; run this on a GPU machine, or pass --cpu-smoke for the CPU "
                   "smoke run.", file=sys.stderr)
             return 2
-    budget = args.budget_s or (60.0 if smoke else 420.0)
+    budget = args.budget_s or (80.0 if smoke else 420.0)
     out_dir = args.out or os.path.join(REPO, *(("runs", "gpu_suite") if smoke else ("reports", "gpu")))
     t0 = time.perf_counter()
     info = environment(smoke)
     print(f"gpu_suite: {info['device']} ({info['device_note']}); budget {budget:.0f} s", flush=True)
 
-    op_argv = ["--budget-s", f"{0.4 * budget:.0f}"] + (["--smoke", "--device", "cpu"] if smoke else [])
+    share = 0.5 if smoke else 0.4  # the interpreter makes the smoke's op section the slower one
+    op_argv = ["--budget-s", f"{share * budget:.0f}"] + (["--smoke", "--device", "cpu"] if smoke else [])
     info["command"] = "python benchmarks/gpu_suite" + (" --cpu-smoke" if smoke else "")
-    ops, op_note, op_fb = run_child("op_bench.py", op_argv, 0.4 * budget + (30 if smoke else 60), env)
+    ops, op_note, op_fb = run_child("op_bench.py", op_argv, share * budget + (30 if smoke else 60), env)
     info["wall_s"] = time.perf_counter() - t0
     # written now and again at the end: a run cut short by the machine's own limit still leaves section 1
     path = write_report(out_dir, info, ops, [], [op_note] if op_note else [], op_fb, smoke)
     print(f"gpu_suite: op section done ({len(ops)} cases, {info['wall_s']:.0f} s)", flush=True)
 
-    tr_argv = ["--budget-s", f"{0.6 * budget:.0f}"]
+    tr_argv = ["--budget-s", f"{(1 - share) * budget:.0f}"]
     tr_argv += ["--smoke", "--seqs", "64,128", "--tokens-per-iteration", "256", "--warmup", "1", "--iters", "2"] \
         if smoke else []
     if args.peak_flops:
         tr_argv += ["--peak-flops", str(args.peak_flops)]
-    train, tr_note, tr_fb = run_child("train_bench.py", tr_argv, 0.6 * budget + (30 if smoke else 90), env)
+    train, tr_note, tr_fb = run_child("train_bench.py", tr_argv, (1 - share) * budget + (30 if smoke else 90), env)
     info["wall_s"] = time.perf_counter() - t0
     path = write_report(out_dir, info, ops, train, [n for n in (op_note, tr_note) if n], sorted(set(op_fb + tr_fb)),
                         smoke, path=path)

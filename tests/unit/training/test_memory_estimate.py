@@ -99,6 +99,7 @@ import json, torch
 from hope_megatron.ops import TitansOpConfig, triton as T
 from hope_megatron.training.saved_memory import measure_saved_bytes
 cfg = TitansOpConfig(chunk_size=8, inner_clip=0.3, update_dropout=0.2)
+measure_saved_bytes(cfg, "triton", 1, 2, 64, 16, torch.bfloat16)  # warm-up: the interpreter's one-time allocations
 r = measure_saved_bytes(cfg, "triton", 1, 2, 256, 16, torch.bfloat16)
 print(json.dumps({**r, "formula": T.saved_bytes(cfg, 1, 2, 256, 16, input_bytes=2)}))
 """
@@ -114,7 +115,7 @@ def test_triton_formula_matches_the_kernels_saved_set():
     if r["fell_back"]:
         pytest.skip("impl='triton' runs the chunked form in this build (no fused kernel launched)")
     assert 0.8 * r["formula"] <= r["hooks"] <= 1.05 * r["formula"], r
-    assert r["live"] is None or r["live"] <= 1.2 * r["formula"], r  # nothing kept outside save_for_backward
+    assert r["live"] is None or r["live"] <= 1.1 * r["formula"], r  # nothing kept outside save_for_backward
 
 
 def test_refusal_names_a_fix_that_fits():
