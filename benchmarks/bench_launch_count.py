@@ -20,8 +20,9 @@ chunk becomes a view, one op fewer, so --heads 1 is refused); batch: B = 1, as t
 copies per chunk).
 
 Cost (2-core CPU, one torch thread): the chunked form at the defaults (H=8, lengths 512/1024/2048) ~20 s, ~4 s with
---heads 2 --seq-len 256. The triton path under TRITON_INTERPRET=1 runs every kernel program in numpy (one program per
-(sequence, head) per launch), so at L=2048, H=8 expect minutes; --seq-len 256 --heads 2 gives the same counts.
+--heads 2 --seq-len 256. The triton path under TRITON_INTERPRET=1 runs every kernel program in numpy, one (sequence,
+head) after another: --seq-len 256 --heads 2 (the same counts) took ~7 min on a shared 2-core box, so the defaults
+(32x the programs x chunks) would take hours there; on a GPU the defaults take seconds.
 A triton path that launches no fused kernel (the settings are not covered, or TRITON_INTERPRET is unset on CPU) is
 reported as NOT COUNTED with the reason, never as the kernel's figure. Target (issue 14): <= 8 per chunk, fwd + bwd.
 """
