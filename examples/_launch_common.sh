@@ -16,6 +16,8 @@
 #   paths      CONFIG DATA_PATH (prefix, or "W1 P1 W2 P2" blend) TOKENIZER_MODEL CHECKPOINT_DIR TENSORBOARD_DIR
 #              DATA_CACHE_PATH MOCK_DATA=1 (synthetic tokens, no files)
 #   estimate   MODEL_PARAMS PEAK_FLOPS (per device, default 989e12 H100 BF16 dense) ASSUMED_MFU (default 0.35)
+#              GPU_MEMORY_GB (memory of one GPU in GiB, default 80): the preflight refuses a layout whose estimated
+#              peak memory per GPU exceeds it (hope_megatron/training/memory_estimate.py, docs/training.md)
 #   other      PYTHON (interpreter with hope_megatron installed), LOG_INTERVAL SAVE_INTERVAL EVAL_INTERVAL
 # Arguments: --dry-run (print the preflight and the resolved command, launch nothing); anything else is passed to
 # `python -m hope_megatron.train` after the resolved flags, so it overrides them (e.g. --train-iters 100).
@@ -70,6 +72,31 @@ _hope_check_data() {
   if [ -n "$TOKENIZER_MODEL" ] && [ ! -f "$TOKENIZER_MODEL" ]; then
     hope_die "TOKENIZER_MODEL '$TOKENIZER_MODEL' does not exist; train one with tools/train_tokenizer.py or set TOKENIZER_MODEL."
   fi
+}
+
+# Memory preflight: the estimated peak memory per GPU of the run the resolved command starts (its own training flags,
+# parsed by the training CLI). Sets HOPE_MEM_LINES (printed in the preflight) and HOPE_MEM_REFUSAL (one sentence, or
+# empty). Arguments: world size, then the command. A crash of the estimator itself warns and never blocks a launch.
+_hope_memory_preflight() {
+  local world=$1 seen=0 a out err rc train=()
+  shift
+  for a in "$@"; do [ "$seen" = 1 ] && train+=("$a"); [ "$a" = hope_megatron.train ] && seen=1; done
+  HOPE_MEM_LINES="" HOPE_MEM_REFUSAL=""
+  if [ ! -f "$CONFIG" ]; then
+    HOPE_MEM_LINES="memory per GPU    not estimated (CONFIG '$CONFIG' does not exist)"
+    return 0
+  fi
+  err=$(mktemp)
+  out=$(PYTHONWARNINGS=ignore "$PYTHON" -m hope_megatron.training.memory_estimate --world-size "$world" \
+        --gpu-memory-gb "${GPU_MEMORY_GB:-80}" -- "${train[@]}" 2>"$err") && rc=0 || rc=$?
+  HOPE_MEM_LINES=$out
+  case $rc in
+    0) ;;
+    2|3) HOPE_MEM_REFUSAL=$(grep '^error: ' "$err" | tail -n 1 | sed 's/^error: //')
+         [ -n "$HOPE_MEM_REFUSAL" ] || HOPE_MEM_REFUSAL="the memory preflight refused this run (exit $rc)." ;;
+    *) HOPE_MEM_LINES="memory per GPU    not estimated (the estimator failed: $(tail -n 1 "$err"))" ;;
+  esac
+  rm -f "$err"
 }
 
 hope_launch() {
@@ -191,6 +218,7 @@ hope_launch() {
       printf "%.3e|%.2f|%.1f|%.3e", f, t, t * I / 3600, tok * I }')
   local flops step_s hours total_tok
   IFS='|' read -r flops step_s hours total_tok <<<"$est"
+  _hope_memory_preflight "$world" "${cmd[@]}"
 
   echo "================ hope_megatron preflight ($(basename "$0")) ================"
   echo "config            $CONFIG (variant ${variant})"
@@ -201,12 +229,14 @@ hope_launch() {
   echo "tokens per step   $((gbs * seq)); iterations $iters; total tokens $total_tok"
   echo "precision         $([ "$fp8" = 1 ] && echo "FP8 hybrid + BF16" || { [ "$bf16" = 1 ] && echo BF16 || echo FP32; }) (transformer-impl $impl)"
   echo "estimate          ${flops} FLOPs/step, ~${step_s} s/step, ~${hours} h total at MFU $mfu of $peak FLOP/s per device (N=$params)"
+  [ -z "$HOPE_MEM_LINES" ] || echo "$HOPE_MEM_LINES"
   echo "data              $([ "${MOCK_DATA:-0}" = 1 ] && echo "mock tokens" || echo "$DATA_PATH")"
   echo "tokenizer         $TOKENIZER_MODEL"
   echo "checkpoints       $CHECKPOINT_DIR (resumes from the latest iteration there)"
   echo "env               CUDA_DEVICE_MAX_CONNECTIONS=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}"
   echo "command           ${cmd[*]}"
   echo "============================================================================"
+  [ -z "$HOPE_MEM_REFUSAL" ] || hope_die "$HOPE_MEM_REFUSAL"
   if [ "$dry_run" = 1 ]; then
     echo "dry run: nothing launched"
     return 0
