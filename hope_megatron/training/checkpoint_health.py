@@ -119,11 +119,12 @@ def choose(root: str, step: Optional[int] = None, step_flag: str = "--ckpt-step"
         return Choice(step, path, common)
     tracked = read_tracker(root)
     if tracked is None:
-        found = saved_iterations(root)
-        if found:
-            raise CheckpointError(
-                f"{what} {root} holds {os.path.basename(iteration_dir(root, found[-1]))}/ but no {TRACKER}, so which "
-                f"iteration is complete is unknown; pass {step_flag} N to load one ({_complete_list(root, None)}).")
+        # no tracker: a first save that never finished (start afresh, nothing complete is lost), or a tracker deleted
+        # beside complete iterations (refuse: training from scratch would save over them)
+        complete = _complete_list(root, None)
+        if complete.startswith("complete: "):
+            raise CheckpointError(f"{what} {root} holds complete checkpoints ({complete[10:]}) but no {TRACKER}; "
+                                  f"pass {step_flag} N to load one, or write N into {os.path.join(root, TRACKER)}.")
         return None
     path = iteration_dir(root, tracked)
     problem, common = inspect(path)
@@ -143,8 +144,14 @@ def choose(root: str, step: Optional[int] = None, step_flag: str = "--ckpt-step"
 
 
 def _complete_list(root: str, before: Optional[int]) -> str:
-    good = [i for i in saved_iterations(root) if (before is None or i < before) and damage(iteration_dir(root, i)) is None]
-    return "complete: " + ", ".join(str(i) for i in good[-5:]) if good else f"none is complete under {root}"
+    """The newest (at most 5) complete iterations, for a refusal's sentence (checked newest first, only as needed)."""
+    good = []
+    for i in reversed([i for i in saved_iterations(root) if before is None or i < before]):
+        if damage(iteration_dir(root, i)) is None:
+            good.insert(0, i)
+            if len(good) == 5:
+                break
+    return "complete: " + ", ".join(str(i) for i in good) if good else f"none is complete under {root}"
 
 
 @contextlib.contextmanager
