@@ -1,6 +1,6 @@
 """Convert a hope_megatron distributed checkpoint (torch_dist, any TP/PP, any variant) into a plain PyTorch directory.
 
-    python checkpoints_convert/convert_to_torch.py --load SAVE [--iteration N] --output OUT [--hf]
+    python checkpoints_convert/convert_to_torch.py --load SAVE [--iteration N] --output OUT [--overwrite] [--hf]
 
 One CPU process: a 1-rank gloo group (platform.initialize), a TP=1/PP=1 template model built from the arguments saved
 in the checkpoint, megatron's dist_checkpointing.load resharding every tensor into it (megatron_core_notes.md pain
@@ -36,26 +36,23 @@ def fail(msg: str):
 
 
 def resolve_iteration_dir(load: str, iteration: Optional[int]) -> Tuple[str, int]:
-    """SAVE/iter_XXXXXXX for --iteration or the tracker's iteration; refuses what is not a complete checkpoint."""
+    """SAVE/iter_XXXXXXX for --iteration or the tracker's iteration; a damaged or missing tracked iteration falls back
+    to the newest complete one before it with a warning (training/checkpoint_health.py); refuses, naming the file,
+    what cannot be read."""
+    from hope_megatron.training.checkpoint_health import CheckpointError, choose
+
     if not os.path.isdir(load):
         fail(f"--load {load} is not a directory; pass the training --save directory.")
-    if iteration is None:
-        tracker = os.path.join(load, TRACKER)
-        if not os.path.isfile(tracker):
-            fail(f"{load} has no {TRACKER}, so no complete checkpoint was written there; pass --iteration N or "
-                 f"the right --save directory.")
-        text = open(tracker, encoding="utf-8").read().strip()
-        if not text.isdigit():
-            fail(f"{tracker} holds {text!r}, not an iteration number; pass --iteration N.")
-        iteration = int(text)
-    path = os.path.join(load, f"iter_{iteration:07d}")
-    if not os.path.isdir(path):
-        fail(f"{path} does not exist; list {load} for the saved iterations and pass one with --iteration.")
-    for need in ("metadata.json", "common.pt", ".metadata"):
-        if not os.path.isfile(os.path.join(path, need)):
-            fail(f"{path} lacks {need}: it is not a complete torch_dist checkpoint (partial save or another format); "
-                 f"use an iteration the tracker names.")
-    return path, iteration
+    try:
+        choice = choose(load, iteration, step_flag="--iteration", what="--load")
+    except CheckpointError as e:
+        fail(str(e))
+    if choice is None:
+        fail(f"{load} has no {TRACKER}, so no complete checkpoint was written there; pass --iteration N or "
+             f"the right --save directory.")
+    if choice.warning:
+        print(choice.warning, file=sys.stderr, flush=True)
+    return choice.path, choice.iteration
 
 
 def saved_args(path: str) -> dict:
@@ -149,11 +146,14 @@ def load_full_state_dict(path: str, model, vocab: int) -> dict:
     vocabulary tables cut to their first `vocab` (real) rows."""
     from megatron.core import dist_checkpointing
 
-    try:
-        state = dist_checkpointing.load({"model": model.sharded_state_dict()}, path)
-    except Exception as e:  # noqa: BLE001 - re-raised with the fix named
-        fail(f"{path} could not be loaded into the model its arguments describe ({type(e).__name__}: {e}); the "
-             f"checkpoint is partial or was saved by different code.")
+    from hope_megatron.training.checkpoint_health import CheckpointError, reading
+
+    try:  # torch's CheckpointException is a BaseException: `reading` turns it into one sentence
+        with reading(path, "the checkpoint is damaged or was saved by different code; pass --iteration N for an "
+                           "earlier one."):
+            state = dist_checkpointing.load({"model": model.sharded_state_dict()}, path)
+    except CheckpointError as e:
+        fail(str(e))
     model.load_state_dict(state["model"])
     out = {}
     for n, p in model.named_parameters():
@@ -179,35 +179,74 @@ def copy_tokenizer(ns, output: str) -> Optional[str]:
     return os.path.basename(src)
 
 
-def convert(load: str, output: str, iteration: Optional[int] = None) -> dict:
-    """Convert; platform must be initialised (1 rank). Returns the written config dict."""
+def convert(load: str, output: str, iteration: Optional[int] = None, overwrite: bool = False) -> dict:
+    """Convert; platform must be initialised (1 rank). Returns the written config dict. The output is checked (a
+    writable directory, empty or --overwrite, room for the weights) before the checkpoint's tensors are read."""
     from safetensors.torch import save_file
+
+    from hope_megatron.data.output_paths import OutputPathError, check_output_dir
+    from checkpoints_convert.output_dir import previous_conversion
 
     path, iteration = resolve_iteration_dir(load, iteration)
     args = saved_args(path)
     padded = global_vocab_size(path)
     vocab = real_vocab_size(args, padded)
     config, model, ns = build_template(args, vocab, padded)
+    need = sum(p.numel() for p in model.parameters()) * 4 + 2**20
+    try:
+        check_output_dir("--output", output, need)
+        stale = previous_conversion(output, overwrite)
+    except OutputPathError as e:
+        fail(str(e))
     sd = load_full_state_dict(path, model, vocab)
+    for p in stale:  # only now that the new weights are in memory
+        shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
+    if stale:
+        kept = sorted(os.listdir(output))
+        print(f"--overwrite: removed the earlier conversion's {', '.join(os.path.basename(p) for p in stale)} from "
+              f"{output}" + (f" (kept: {', '.join(kept)})" if kept else ""), file=sys.stderr)
     os.makedirs(output, exist_ok=True)
     cfg = model_config_json(config, ns, vocab)
     cfg.update(iteration=iteration, source=os.path.abspath(load),
                saved_layout={"tensor_model_parallel_size": args.get("tensor_model_parallel_size"),
                              "pipeline_model_parallel_size": args.get("pipeline_model_parallel_size")})
-    cfg["tokenizer_file"] = copy_tokenizer(ns, output)
-    save_file(sd, os.path.join(output, "model.safetensors"), metadata={"format": "pt"})
-    with open(os.path.join(output, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(cfg, f, indent=2, sort_keys=True)
-    with open(os.path.join(output, "megatron_args.json"), "w", encoding="utf-8") as f:
-        json.dump(args, f, indent=2, sort_keys=True)  # what convert_from_torch.py writes back as `args`
+    try:
+        cfg["tokenizer_file"] = copy_tokenizer(ns, output)
+        _atomic(os.path.join(output, "model.safetensors"),
+                lambda tmp: save_file(sd, tmp, metadata={"format": "pt"}))
+        _atomic(os.path.join(output, "config.json"), lambda tmp: _dump(cfg, tmp))
+        _atomic(os.path.join(output, "megatron_args.json"), lambda tmp: _dump(args, tmp))  # convert_from_torch reads it
+    except OSError as e:
+        from hope_megatron.data.output_paths import enospc_message
+
+        fail((enospc_message(output, e) or f"writing {output} failed ({e})") + "; the files written so far are "
+             f"incomplete, re-run the conversion.")
     return cfg
+
+
+def _dump(obj, path: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+
+
+def _atomic(final: str, write) -> None:
+    """write(tmp) then rename: a crash or a full disk never leaves a half-written file under the final name."""
+    tmp = f"{final}.tmp-{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--load", required=True, help="training --save directory (holds latest_checkpointed_iteration.txt)")
     p.add_argument("--iteration", type=int, default=None, help="iteration to convert (default: the tracker's)")
-    p.add_argument("--output", required=True, help="output directory")
+    p.add_argument("--output", required=True, help="output directory (new or empty; see --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier conversion in --output: its weights, "
+                   "config, tokenizer and eval/ results are removed once the new weights are loaded; other files stay")
     p.add_argument("--hf", action="store_true", help="also make OUT loadable by Hugging Face transformers and "
                    "`lm_eval --model hf` (checkpoints_convert/export_hf.py, in place)")
     a = p.parse_args(argv)
@@ -215,7 +254,7 @@ def main(argv=None) -> None:
 
     platform.initialize(1, 1)
     try:
-        cfg = convert(a.load, a.output, a.iteration)
+        cfg = convert(a.load, a.output, a.iteration, a.overwrite)
     finally:
         platform.teardown()
     n = cfg["num_layers"]

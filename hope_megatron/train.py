@@ -14,13 +14,13 @@ def main(argv=None) -> int:
     from hope_megatron.training.loop import pretrain
 
     try:
-        pretrain(args)
-    except ValueError as e:  # configuration problems: one sentence, no traceback
+        summary = pretrain(args)
+    except ValueError as e:  # configuration, data and checkpoint problems: one sentence, no traceback
         print(f"error: {e}", file=sys.stderr, flush=True)
         platform.teardown()
         return 2
     platform.teardown()
-    return 0
+    return 3 if summary.get("stopped_by") == "nan" else 0  # diverged: a chained convert/eval step must not follow
 
 
 if __name__ == "__main__":  # the guard matters: dist_checkpointing's async writer re-imports __main__ (notes §2.4)

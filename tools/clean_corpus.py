@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from hope_megatron.data.corpus_files import CorpusError, expand_inputs, iter_texts  # noqa: E402
 from hope_megatron.data.document_encoder import TEXT_UNITS  # noqa: E402
+from hope_megatron.data.output_paths import check_file, remove_stale_temporaries  # noqa: E402
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _TRAILING = re.compile(r"[ \t]+\n")
@@ -112,6 +113,11 @@ def check_args(args):
     paths, formats = expand_inputs(args.input, args.input_format)
     if os.path.abspath(args.output) in {os.path.abspath(p) for p in paths}:
         raise CorpusError(f"--output {args.output} is also an input; write elsewhere.")
+    try:  # before reading anything
+        check_file("--output", args.output, args.output)
+        check_file("--report", args.report or args.output + ".report.json", args.report or args.output + ".report.json")
+    except ValueError as err:
+        raise CorpusError(str(err)) from err
     return paths, formats
 
 
@@ -124,6 +130,7 @@ def main(argv=None) -> int:
         exact, near = set(), NearDupIndex(args.near_dup_threshold) if args.near_dup_threshold > 0 else None
         chars_in = chars_out = kept = 0
         os.makedirs(os.path.dirname(os.path.abspath(args.output)) or ".", exist_ok=True)
+        remove_stale_temporaries(args.output)
         tmp = f"{args.output}.tmp-{os.getpid()}"
         docs = iter_texts(paths, formats, (args.json_key,), args.text_unit, args.skip_bad_lines, bad, with_object=True)
         with open(tmp, "w", encoding="utf-8") as out:
@@ -153,6 +160,10 @@ def main(argv=None) -> int:
                 out.write(json.dumps({**extra, args.json_key: text}, ensure_ascii=False) + "\n")
                 kept += 1
                 chars_out += len(text)
+        if kept == 0:
+            gone = ", ".join(f"{n} {r.replace('_', ' ')}" for r, n in sorted(removed.items())) or "no document read"
+            raise CorpusError(f"no document of {', '.join(paths)} is left ({gone}); nothing written — loosen the "
+                              f"filters or check --json-key.")
         os.replace(tmp, args.output)
     except CorpusError as err:
         print(f"error: {err}", file=sys.stderr)

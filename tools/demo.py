@@ -278,7 +278,9 @@ def convert_done(d):
 
 
 def convert_do(d):
-    run(d, "convert", [PY, "checkpoints_convert/convert_to_torch.py", "--load", d.ckpt, "--output", d.torch_dir])
+    # --overwrite: a newer checkpoint replaces the earlier conversion and its (now stale) eval results
+    run(d, "convert", [PY, "checkpoints_convert/convert_to_torch.py", "--load", d.ckpt, "--output", d.torch_dir,
+                       "--overwrite"])
     return d.torch_dir
 
 

@@ -47,7 +47,7 @@ if want train; then  # the tiny model: corpus, tokenizer, shards, 60 iterations 
   run train "$PY" tools/demo.py --workdir "$DEMO" --skip perplexity zeroshot niah
 fi
 if want convert; then
-  run convert "$PY" checkpoints_convert/convert_to_torch.py --load "$DEMO/checkpoints" --output "$BASE"
+  run convert "$PY" checkpoints_convert/convert_to_torch.py --load "$DEMO/checkpoints" --output "$BASE" --overwrite
 fi
 if want perplexity; then  # held-out pieces, one set per domain, plus the PG19-like / Wiki-like substitutes
   mkdir -p "$RUN/heldout"
@@ -77,7 +77,8 @@ if want segments; then  # mode A's checkpoints: keep training the demo model on 
         --train-iters "$SEG_ITERS" --lr "$SEG_LR" --min-lr "$SEG_LR" --lr-decay-style constant --lr-warmup-iters 0 \
         --save-interval "$SEG_ITERS" --eval-interval "$SEG_ITERS" --eval-iters 2 --log-interval 10 \
         --transformer-impl local
-      run segments "$PY" checkpoints_convert/convert_to_torch.py --load "$ck" --output "$RUN/continual/seed$seed/torch_$s"
+      run segments "$PY" checkpoints_convert/convert_to_torch.py --load "$ck" --output "$RUN/continual/seed$seed/torch_$s" \
+        --overwrite
       prev=$ck
     done
   done

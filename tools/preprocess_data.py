@@ -2,12 +2,16 @@
 """Tokenize jsonl / plain-text corpora into megatron-core indexed datasets (.bin/.idx).
 
 Megatron-LM's flags, plus: several --input files or globs, every --json-keys key written and finalised,
-all arguments checked before any work, flushed progress, bad input reported as file:line, atomic outputs.
+all arguments and output paths checked before any work, flushed progress, bad input reported as file:line,
+atomic outputs (temporary files of killed runs are removed once their process is gone). Differences from
+Megatron-LM: empty and whitespace-only documents are skipped and counted in the summary (Megatron writes them as
+0-token documents); an input without any document is refused.
 
   python tools/preprocess_data.py --input 'data/demo/*.jsonl' --output-prefix data/tok/demo \
       --tokenizer-type SentencePieceTokenizer --tokenizer-model data/tok/demo8k.model --append-eod --workers 2
 
-Exit codes: 0 done, 2 bad arguments, 3 bad input (malformed JSON, missing key, invalid UTF-8), 130 interrupted.
+Exit codes: 0 done, 2 bad arguments or output path, 3 bad input (malformed JSON, missing key, invalid UTF-8, no
+document), 4 disk full while writing, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -27,9 +31,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from hope_megatron.data import document_encoder as enc  # noqa: E402
 from hope_megatron.data.corpus_files import CorpusError, expand_inputs  # noqa: E402
 from hope_megatron.data.indexed import AtomicIndexedWriter, output_prefix, token_dtype  # noqa: E402
+from hope_megatron.data.output_paths import (OutputPathError, check_file, enospc_message,  # noqa: E402
+                                             remove_stale_temporaries)
 from hope_megatron.data.tokenizers import TOKENIZER_TYPES, build_tokenizer  # noqa: E402
 
-EXIT_ARGS, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 3, 130
+EXIT_ARGS, EXIT_BAD_INPUT, EXIT_DISK, EXIT_INTERRUPTED = 2, 3, 4, 130
 
 
 class ArgError(Exception):
@@ -56,7 +62,8 @@ def get_args(argv=None):
     g.add_argument("--skip-bad-lines", action="store_true",
                    help="count and report malformed JSON, missing keys and invalid UTF-8 instead of stopping")
     g = p.add_argument_group("tokenizer")
-    g.add_argument("--tokenizer-type", required=True, choices=TOKENIZER_TYPES)
+    g.add_argument("--tokenizer-type", required=True, help=f"one of {', '.join(TOKENIZER_TYPES)} (Megatron-LM's "
+                   "others, e.g. HuggingFaceTokenizer and TikTokenizer, are refused with what to use instead)")
     g.add_argument("--tokenizer-model", default=None, help="SentencePiece .model")
     g.add_argument("--vocab-file", default=None, help="GPT-2 encoder.json")
     g.add_argument("--merge-file", default=None, help="GPT-2 vocab.bpe")
@@ -67,7 +74,10 @@ def get_args(argv=None):
     g = p.add_argument_group("runtime")
     g.add_argument("--workers", type=int, default=1, help="tokenizer processes (output is identical for any count)")
     g.add_argument("--chunk-size", type=int, default=64, help="records per task sent to a worker")
-    g.add_argument("--log-interval", type=float, default=5.0, help="seconds between progress lines")
+    g.add_argument("--log-interval", type=int, default=None, help="documents between progress lines (Megatron-LM's "
+                   "meaning); default: a line every --log-seconds")
+    g.add_argument("--log-seconds", type=float, default=5.0, help="seconds between progress lines when --log-interval "
+                   "is not given")
     g.add_argument("--partitions", type=int, default=1, help="Megatron-LM compatibility; must be 1 (give several --input)")
     g.add_argument("--keep-sequential-samples", action="store_true", help="Megatron-LM compatibility; order is always kept")
     return p.parse_args(argv)
@@ -85,16 +95,19 @@ def check_args(args) -> dict:
         raise ArgError("plain-text inputs have one field; pass a single --json-keys name (it names the output).")
     if args.keep_newlines and not args.split_sentences:
         raise ArgError("--keep-newlines only applies with --split-sentences.")
-    if args.workers < 1 or args.chunk_size < 1 or args.log_interval <= 0:
-        raise ArgError("--workers and --chunk-size must be >= 1 and --log-interval > 0.")
+    if args.workers < 1 or args.chunk_size < 1 or (args.log_interval is not None and args.log_interval < 1) or \
+            args.log_seconds <= 0:
+        raise ArgError("--workers, --chunk-size and --log-interval (documents) must be >= 1 and --log-seconds > 0.")
     if args.partitions != 1:
         raise ArgError("--partitions is not needed here: pass the pieces as several --input files (in order).")
     out_dir = os.path.dirname(os.path.abspath(args.output_prefix))
-    existing = out_dir
-    while not os.path.isdir(existing):
-        existing = os.path.dirname(existing)
-    if not os.access(existing, os.W_OK):
-        raise ArgError(f"--output-prefix {args.output_prefix}: {existing} is not writable.")
+    try:
+        for key in args.json_keys:
+            for ext in (".bin", ".idx"):
+                check_file("--output-prefix", args.output_prefix,
+                           output_prefix(args.output_prefix, key, args.split_sentences) + ext)
+    except OutputPathError as err:
+        raise ArgError(str(err)) from err
     tok_args = dict(tokenizer_type=args.tokenizer_type, tokenizer_model=args.tokenizer_model,
                     vocab_file=args.vocab_file, merge_file=args.merge_file, vocab_size=args.vocab_size)
     try:
@@ -115,8 +128,10 @@ def check_args(args) -> dict:
 
 
 class Progress:
-    def __init__(self, total_bytes, interval):
-        self.total, self.interval = total_bytes, interval
+    """A line every `every_docs` records (Megatron-LM's --log-interval) or, without it, every `seconds`."""
+
+    def __init__(self, total_bytes, seconds, every_docs=None):
+        self.total, self.interval, self.every_docs = total_bytes, seconds, every_docs
         self.start = self.last = time.monotonic()
         self.docs = self.bytes = 0
 
@@ -124,7 +139,8 @@ class Progress:
         self.docs += 1
         self.bytes += nbytes
         now = time.monotonic()
-        if now - self.last >= self.interval:
+        due = self.docs % self.every_docs == 0 if self.every_docs else now - self.last >= self.interval
+        if due:
             self.last = now
             print(self.line(now), file=sys.stderr, flush=True)
 
@@ -142,9 +158,15 @@ class Progress:
 def run(args, plan) -> int:
     keys = list(args.json_keys)
     os.makedirs(plan["out_dir"], exist_ok=True)
+    for key in keys:  # leftovers of killed runs on the same prefix (only when their process is gone)
+        final = output_prefix(args.output_prefix, key, args.split_sentences)
+        for stale in remove_stale_temporaries(final + ".bin") + remove_stale_temporaries(final + ".idx"):
+            print(f"[preprocess] removed {stale}, left by a killed run (process {stale.rsplit('-', 1)[1]} is gone)",
+                  file=sys.stderr, flush=True)
     vocab = plan["tokenizer"].vocab_size
     writers = {k: AtomicIndexedWriter(output_prefix(args.output_prefix, k, args.split_sentences), vocab) for k in keys}
-    skipped, progress, pool = Counter(), Progress(plan["total_bytes"], args.log_interval), None
+    skipped, pool = Counter(), None
+    progress = Progress(plan["total_bytes"], args.log_seconds, args.log_interval)
     records = enc.iter_records(plan["paths"], plan["formats"], args.text_unit)
     try:
         if args.workers == 1:
@@ -168,6 +190,10 @@ def run(args, plan) -> int:
                     skipped[f"empty {key}"] += 1
                 else:
                     writers[key].add_document(pieces)
+        empty = [k for k, w in writers.items() if w.documents == 0]
+        if empty:
+            raise BadInputError(f"{', '.join(plan['paths'])} gave no document for --json-keys {' '.join(empty)} "
+                                f"({progress.docs:,} records read); give a non-empty input.")
         for w in writers.values():
             w.commit()
     except BaseException:
@@ -184,9 +210,15 @@ def run(args, plan) -> int:
           f"dtype {token_dtype(vocab).__name__}", file=sys.stderr)
     for key, w in writers.items():
         print(f"[preprocess]   {w.prefix}.bin/.idx: {w.documents:,} documents, {w.tokens:,} tokens", file=sys.stderr)
-    reasons = ", ".join(f"{n:,} {r.replace('_', ' ')}" for r, n in sorted(skipped.items())) or "none"
+    reasons = ", ".join(f"{n:,} {_reason(r)}" for r, n in sorted(skipped.items())) or "none"
     print(f"[preprocess]   skipped: {reasons}", file=sys.stderr, flush=True)
     return 0
+
+
+def _reason(r: str) -> str:
+    if r.startswith("empty "):  # Megatron-LM writes these as 0-token documents; docs/data.md says why not here
+        return f"empty or whitespace-only {r[6:]} (documents Megatron-LM would write with 0 tokens)"
+    return r.replace("_", " ")
 
 
 def main(argv=None) -> int:
@@ -204,6 +236,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted: no output written (temporary files removed).", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as err:
+        why = enospc_message(args.output_prefix, err)
+        if why is None:
+            raise
+        print(f"error: {why}. No output was written (temporary files removed).", file=sys.stderr)
+        return EXIT_DISK
 
 
 if __name__ == "__main__":

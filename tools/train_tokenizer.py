@@ -25,9 +25,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from hope_megatron.data.corpus_files import CorpusError, expand_inputs, iter_texts  # noqa: E402
 from hope_megatron.data.document_encoder import TEXT_UNITS  # noqa: E402
+from hope_megatron.data.output_paths import check_file, enospc_message, remove_stale_temporaries  # noqa: E402
 
 SPECIAL = {"unk_id": 0, "bos_id": 1, "eos_id": 2, "pad_id": 3}
 EOD_ID = SPECIAL["eos_id"]
+SUFFIXES = (".vocab", ".json", ".model")
 
 
 def get_args(argv=None):
@@ -57,6 +59,11 @@ def check_args(args):
     if args.max_sample_mb <= 0 or args.chunk_chars < 64 or args.num_threads < 1:
         raise CorpusError("--max-sample-mb must be > 0, --chunk-chars >= 64 and --num-threads >= 1.")
     out_dir = os.path.dirname(os.path.abspath(args.model_prefix))
+    for suffix in SUFFIXES:  # before reading or training anything (OutputPathError is a CorpusError's sibling)
+        try:
+            check_file("--model-prefix", args.model_prefix, args.model_prefix + suffix)
+        except ValueError as err:
+            raise CorpusError(str(err)) from err
     paths, formats = expand_inputs(args.input, args.input_format)
     if "text" in formats and len(args.json_keys) != 1:
         raise CorpusError("plain-text inputs have one field; pass a single --json-keys name.")
@@ -90,7 +97,8 @@ def sample_chunks(args, paths, formats, bad):
                 sample.append(chunk)
                 chars += len(chunk)
     if not sample:
-        raise CorpusError("the inputs hold no text to train on.")
+        raise CorpusError(f"{', '.join(paths)} hold no text to train on (every document is empty or whitespace); "
+                          f"check --input and --json-keys.")
     return sample, chars, total
 
 
@@ -150,10 +158,18 @@ def main(argv=None) -> int:
     # Each file is written to a temporary name and renamed, so a crash never leaves a half-written model.
     for suffix, data in ((".vocab", "".join(vocab_lines).encode()), (".json", json.dumps(meta, indent=2).encode()),
                          (".model", proto)):
+        remove_stale_temporaries(args.model_prefix + suffix)
         tmp = f"{args.model_prefix}{suffix}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, args.model_prefix + suffix)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, args.model_prefix + suffix)
+        except OSError as err:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            print(f"error: {enospc_message(tmp, err) or err}; {args.model_prefix}{suffix} was not written.",
+                  file=sys.stderr)
+            return 4
     print(f"[train_tokenizer] {args.model_type} vocab {sp.get_piece_size()} trained in {train_s:.1f} s wall, "
           f"{train_cpu:.1f} s CPU ({args.num_threads} threads) -> {args.model_prefix}.model (EOD id {EOD_ID})", file=sys.stderr)
     if bad:

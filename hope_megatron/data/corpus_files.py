@@ -37,6 +37,8 @@ def expand_inputs(patterns, input_format: str = "auto"):
             raise CorpusError(f"cannot tell whether {path} is jsonl or text from its suffix; pass --input-format.")
         if not os.access(path, os.R_OK):
             raise CorpusError(f"--input {path} is not readable.")
+        if os.path.getsize(path) == 0:
+            raise CorpusError(f"--input {path} is empty (0 bytes); remove it from --input or fill it.")
     return paths, formats
 
 

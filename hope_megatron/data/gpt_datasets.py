@@ -40,6 +40,17 @@ def parse_blend(data_path) -> tuple[list[str], list[float] | None]:
     return prefixes, weights
 
 
+def check_pair(prefix: str) -> None:
+    """A readable index and a non-empty .bin, else one sentence naming the file (megatron's own message for an empty
+    .bin is numpy's "cannot mmap an empty file", without the name)."""
+    from hope_megatron.data.token_range import index_dtype
+
+    index_dtype(prefix)
+    if os.path.getsize(prefix + ".bin") == 0:
+        raise ValueError(f"{prefix}.bin is empty (no tokens): the corpus it was made from held no document; re-run "
+                         f"tools/preprocess_data.py on a non-empty input or drop {prefix} from --data-path.")
+
+
 def build_gpt_datasets(
     data_path,
     split: str,
@@ -93,6 +104,8 @@ def build_gpt_datasets(
         mmap_bin_files=True,
     )
     if blend is not None:
+        for prefix in blend[0]:
+            check_pair(prefix)
         _check_every_split_has_documents(blend[0], config.split_matrix, sizes, split)
     cls = MockGPTDataset if mock else GPTDataset
     train, valid, test = BlendedMegatronDatasetBuilder(cls, sizes, is_built_on_rank or _build_on_this_rank, config).build()
@@ -107,7 +120,11 @@ def _check_every_split_has_documents(prefixes, split_matrix, sizes, split) -> No
 
     names = ("train", "validation", "test")
     for prefix in prefixes:
-        n_docs = IndexedDataset(prefix).document_indices.shape[0] - 1
+        try:
+            n_docs = IndexedDataset(prefix).document_indices.shape[0] - 1
+        except (ValueError, OSError, RuntimeError, AssertionError) as e:
+            raise ValueError(f"{prefix}.bin/.idx cannot be read ({type(e).__name__}: {e}); re-run "
+                             f"tools/preprocess_data.py.") from e
         for i, bounds in enumerate(split_matrix):
             if bounds is None:
                 continue

@@ -1,8 +1,8 @@
 """Atomic writers for megatron-core indexed datasets (`PREFIX.bin` + `PREFIX.idx`).
 
 megatron-core's IndexedDatasetBuilder writes the bytes; this module only picks the dtype and makes the
-pair appear atomically: both files are written under temporary names and renamed when complete, the
-`.idx` last, so an interrupted run never leaves a valid-looking truncated pair.
+pair appear atomically: both files are written under temporary names (`.tmp-<pid>`, flock-held while writing) and
+renamed when complete, the `.idx` last, so an interrupted run never leaves a valid-looking truncated pair.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 
 import numpy as np
+
+from hope_megatron.data.output_paths import lock_while_writing
 
 UINT16_MAX_VOCAB = 65536  # ids 0..65535 fit uint16 (GPTDataset uses the same bound)
 
@@ -35,6 +37,8 @@ class AtomicIndexedWriter:
         tag = f".tmp-{os.getpid()}"
         self.tmp_bin, self.tmp_idx = prefix + ".bin" + tag, prefix + ".idx" + tag
         self._builder = IndexedDatasetBuilder(self.tmp_bin, dtype=self.dtype)
+        # an flock for the writer's lifetime: output_paths.remove_stale_temporaries never takes a live run's files
+        self._lock = lock_while_writing(self.tmp_bin)
         self.documents = 0
         self.tokens = 0
         self._open = True
@@ -55,6 +59,12 @@ class AtomicIndexedWriter:
             os.remove(final_idx)  # no moment where a new .bin sits beside an old .idx
         os.replace(self.tmp_bin, final_bin)
         os.replace(self.tmp_idx, final_idx)
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def abort(self) -> None:
         if self._open:
@@ -66,3 +76,4 @@ class AtomicIndexedWriter:
         for path in (self.tmp_bin, self.tmp_idx):
             if os.path.exists(path):
                 os.remove(path)
+        self._unlock()

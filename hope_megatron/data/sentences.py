@@ -1,9 +1,14 @@
 """Sentence splitting for `tools/preprocess_data.py --split-sentences` (Punkt, offline only).
 
-The Punkt parameters come from `punkt_tab` in a project-local NLTK data root, searched in order:
-an explicit folder, `$HOPE_NLTK_DATA`, `data/nltk_data` (tools/fetch_eval_data.py), `third_party/punkt_tab`
-(the committed English files). Nothing is ever downloaded. When no parameters exist for the language, an
-untrained Punkt splitter is used with a warning (it splits after every period, e.g. "Dr. Smith").
+The Punkt parameters come from `punkt_tab` in an NLTK data root, searched in order: an explicit folder
+(--nltk-data), `$HOPE_NLTK_DATA`, every entry of `$NLTK_DATA` (os.pathsep-separated, as NLTK reads it),
+`data/nltk_data` (tools/fetch_eval_data.py), `third_party/punkt_tab` (the committed English files). Nothing is ever
+downloaded, and the old pickled `punkt` models are not read (NLTK >= 3.9 refuses pickles). When no parameters exist
+for the language, an untrained Punkt splitter is used with a warning (it splits after every period, e.g. "Dr. Smith").
+
+Splitting matches Megatron-LM's tools/preprocess_data.py (core_v0.16.1): texts are split in pieces of at most
+1,000,000 characters, and --keep-newlines uses Megatron's period-context regex (the one of the StackOverflow answer it
+cites: `\S*` word material, the sentence end, `\s*` kept with the sentence).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import warnings
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_NLTK_ROOTS = (os.path.join(REPO_ROOT, "data", "nltk_data"), os.path.join(REPO_ROOT, "third_party", "punkt_tab"))
+MAX_CHARS = 1_000_000  # Megatron-LM's Encoder.split max_len
 PUNKT_FILES = ("abbrev_types.txt", "collocations.tab", "ortho_context.tab", "sent_starters.txt")
 
 
@@ -20,6 +26,7 @@ def punkt_roots(nltk_data: str | None = None) -> list[str]:
     roots = [nltk_data] if nltk_data else []
     if os.environ.get("HOPE_NLTK_DATA"):
         roots.append(os.environ["HOPE_NLTK_DATA"])
+    roots += [r for r in os.environ.get("NLTK_DATA", "").split(os.pathsep) if r]
     return [os.path.abspath(r) for r in roots + list(DEFAULT_NLTK_ROOTS)]
 
 
@@ -36,9 +43,11 @@ def _keep_newlines_vars():
     from nltk.tokenize.punkt import PunktLanguageVars
 
     class NewlineKeepingVars(PunktLanguageVars):
-        # The default context regex consumes the whitespace after a sentence end, so "\n" between
-        # sentences is lost; here the whitespace stays with the sentence (Megatron-LM's --keep-newlines).
+        # The default context regex consumes the whitespace after a sentence end, so "\n" between sentences is lost;
+        # here the whitespace stays with the sentence. Megatron-LM's --keep-newlines regex exactly: the leading \S*
+        # (word material before the end) changes where Punkt looks for the previous token, hence which ends it keeps.
         _period_context_fmt = r"""
+            \S*
             %(SentEndChars)s
             \s*
             (?=(?P<after_tok>
@@ -79,4 +88,5 @@ class SentenceSplitter:
             self._tok = PunktSentenceTokenizer(params)
 
     def __call__(self, text: str) -> list[str]:
-        return self._tok.tokenize(text)
+        # Megatron-LM splits texts in pieces of MAX_CHARS characters before Punkt (same sentences, byte for byte)
+        return [s for i in range(0, len(text), MAX_CHARS) for s in self._tok.tokenize(text[i:i + MAX_CHARS])]

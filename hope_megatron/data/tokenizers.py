@@ -156,10 +156,35 @@ class NullTokenizer:
         return " ".join(str(int(i)) for i in ids)
 
 
+# Megatron-LM tokenizer types that are not implemented here, and what to use instead (no hub, no tiktoken)
+_NOT_HERE = {
+    "HuggingFaceTokenizer": "no hub and no transformers here",
+    "TikTokenizer": "tiktoken vocabularies are not read here",
+    "GPTSentencePieceTokenizer": "SentencePieceTokenizer reads the same .model file",
+    "Llama2Tokenizer": "SentencePieceTokenizer reads the same tokenizer.model (Megatron-LM's adds BOS; this one does not)",
+}
+
+
+def _hf_directory_hint(tokenizer_model) -> str:
+    """The flags that read a local HuggingFace tokenizer directory's files with a supported type, when it has them."""
+    if not tokenizer_model or not os.path.isdir(tokenizer_model):
+        return ""
+    d = tokenizer_model
+    if os.path.isfile(os.path.join(d, "tokenizer.model")):
+        return (f" {d} holds a SentencePiece model: --tokenizer-type SentencePieceTokenizer --tokenizer-model "
+                f"{os.path.join(d, 'tokenizer.model')} (no BOS/EOS added, unlike transformers' default).")
+    if os.path.isfile(os.path.join(d, "vocab.json")) and os.path.isfile(os.path.join(d, "merges.txt")):
+        return (f" {d} holds GPT-2 style BPE files: --tokenizer-type GPT2BPETokenizer --vocab-file "
+                f"{os.path.join(d, 'vocab.json')} --merge-file {os.path.join(d, 'merges.txt')}.")
+    return ""
+
+
 def check_tokenizer_args(tokenizer_type, tokenizer_model=None, vocab_file=None, merge_file=None, vocab_size=None) -> None:
     """Raise ValueError naming the missing or unreadable flag, without loading anything."""
     if tokenizer_type not in TOKENIZER_TYPES:
-        raise ValueError(f"--tokenizer-type {tokenizer_type!r} is not supported; use one of {', '.join(TOKENIZER_TYPES)}.")
+        why = f" ({_NOT_HERE[tokenizer_type]})" if tokenizer_type in _NOT_HERE else ""
+        raise ValueError(f"--tokenizer-type {tokenizer_type} is not supported{why}; use one of "
+                         f"{', '.join(TOKENIZER_TYPES)}.{_hf_directory_hint(tokenizer_model)}")
     needed = {
         "SentencePieceTokenizer": {"--tokenizer-model": tokenizer_model},
         "GPT2BPETokenizer": {"--vocab-file": vocab_file, "--merge-file": merge_file},

@@ -28,11 +28,28 @@ def load_tokenizer(checkpoint: str):
                            merge_file=local("merge_file"))
 
 
-def load(checkpoint: str, threads: Optional[int] = None):
-    """(model, tokenizer, config dict) of a converted directory."""
+def load(checkpoint: str, threads: Optional[int] = None, tool: str = "eval"):
+    """(model, tokenizer, config dict) of a converted directory. A missing config/tokenizer, or a tokenizer with more
+    ids than the model's vocabulary (an IndexError at the first forward otherwise), stops with one sentence before
+    the weights are read."""
     if threads:
         torch.set_num_threads(threads)
-    return load_model(checkpoint), load_tokenizer(checkpoint), read_config(checkpoint)
+    try:
+        cfg = read_config(checkpoint)
+        tokenizer = load_tokenizer(checkpoint)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise SystemExit(f"{tool}: {e}") from e
+    check_tokenizer_fits(checkpoint, tokenizer, cfg, tool)
+    return load_model(checkpoint), tokenizer, cfg
+
+
+def check_tokenizer_fits(checkpoint: str, tokenizer, cfg: dict, tool: str = "eval") -> None:
+    if tokenizer.vocab_size > int(cfg["vocab_size"]):
+        name = os.path.join(checkpoint, cfg["tokenizer_file"]) if cfg.get("tokenizer_file") else "its NullTokenizer"
+        raise SystemExit(
+            f"{tool}: the tokenizer of {checkpoint} ({name}) has {tokenizer.vocab_size} ids but the model's vocabulary "
+            f"is {cfg['vocab_size']} (config.json vocab_size); put the tokenizer the model was trained with there "
+            f"(checkpoints_convert/convert_to_torch.py copies it).")
 
 
 def read_texts(path: str, field: str = "text", limit: Optional[int] = None, from_end: bool = False) -> List[str]:

@@ -62,8 +62,9 @@ class HopeEvalLM(TemplateLM):
 
     # ---------------------------------------------------------------------------------------------- scoring
     @torch.no_grad()
-    def _score(self, items: List[Tuple[List[int], List[int]]]) -> List[Tuple[float, bool]]:
-        """(sum log p(cont | ctx), cont is the greedy continuation) per (context ids, continuation ids)."""
+    def _score(self, items: List[Tuple[List[int], List[int]]], progress=None) -> List[Tuple[float, bool]]:
+        """(sum log p(cont | ctx), cont is the greedy continuation) per (context ids, continuation ids); progress
+        (eval/progress.Progress) advances by the requests of every batch."""
         out: List[Optional[Tuple[float, bool]]] = [None] * len(items)
         prepared = []
         for i, (ctx, cont) in enumerate(items):
@@ -83,10 +84,15 @@ class HopeEvalLM(TemplateLM):
                 lp = logp[k, len(inp) - n:len(inp)]
                 tgt = torch.tensor(cont[len(cont) - n:], dtype=torch.long)
                 out[i] = (float(lp.gather(-1, tgt[:, None]).sum()), bool((lp.argmax(-1) == tgt).all()))
+            if progress is not None:
+                progress.advance(len(chunk))
         return out  # type: ignore[return-value]
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
-        return self._score([(ctx, cont) for _, ctx, cont in requests])
+        from hope_megatron.eval.progress import Progress
+
+        progress = None if disable_tqdm else Progress(len(requests), "requests", "zeroshot loglikelihood")
+        return self._score([(ctx, cont) for _, ctx, cont in requests], progress)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> List[float]:
         from lm_eval.utils import get_rolling_token_windows, make_disjoint_window

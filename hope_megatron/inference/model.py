@@ -124,13 +124,16 @@ class HopeLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, segment: int = 2048, eos_id: Optional[int] = None,
-                 state: Optional[StreamState] = None) -> torch.Tensor:
+                 state: Optional[StreamState] = None, on_segment=None) -> torch.Tensor:
         """Greedy continuation of prompt [B, L]: the prompt is streamed in segments, then one token per step with the
-        carried state. Returns the new tokens [B, n] (n <= max_new_tokens; stops early when every row hit eos_id)."""
+        carried state. Returns the new tokens [B, n] (n <= max_new_tokens; stops early when every row hit eos_id).
+        on_segment(n) is called after each prompt segment of n tokens (progress of long prompts)."""
         logits = None
         for s in range(0, prompt.shape[1], segment):
             logits = None
             logits, state = self(prompt[:, s:s + segment], state, return_state=True, last_only=True)
+            if on_segment is not None:
+                on_segment(min(segment, prompt.shape[1] - s))
         out = []
         nxt = logits[:, -1].argmax(-1)
         for i in range(max_new_tokens):

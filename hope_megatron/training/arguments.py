@@ -101,6 +101,9 @@ _MEGATRON_FLAGS = {
         ("--no-load-optim", bool, False, "do not load the optimizer state (fresh optimizer)"),
         ("--no-load-rng", bool, False, "do not restore RNG states"),
         ("--finetune", bool, False, "load weights only and start at iteration 0"),
+        ("--ckpt-step", int, None, "load this iteration instead of the tracker's (e.g. the one before a damaged one)"),
+        ("--override-opt-param-scheduler", bool, False, "on --load, take the learning-rate schedule (--lr, --min-lr, "
+         "warmup, decay) from the command line instead of the checkpoint"),
         ("--exit-on-missing-checkpoint", bool, False, "fail if --load has no checkpoint"),
         ("--exit-signal-handler", bool, True, "save and exit on SIGTERM/SIGINT"),
     ],

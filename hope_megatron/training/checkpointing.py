@@ -164,6 +164,9 @@ def save_checkpoint(root, iteration, model, optimizer, scheduler, gate, consumed
     """Write iter_XXXXXXX/ on every rank, then (rank 0) the tracker. `before_tracker` is a test hook."""
     from megatron.core import dist_checkpointing
 
+    from hope_megatron.training import checkpoint_writers
+
+    checkpoint_writers.install()  # megatron's writer processes die with this rank
     path = iteration_dir(root, iteration)
     if _rank() == 0:
         os.makedirs(path, exist_ok=True)
@@ -208,16 +211,21 @@ def _common_step(optimizer, gate):
 
 
 def load_checkpoint(root, model, optimizer, scheduler, gate, args):
-    """Load the latest checkpoint under root into model/optimizer/scheduler/gate; returns (iteration, consumed)."""
+    """Load the latest complete checkpoint under root (or --ckpt-step's) into model/optimizer/scheduler/gate; returns
+    (iteration, consumed). Damaged or unfitting checkpoints stop with one sentence (checkpoint_health, checkpoint_fit)."""
     from megatron.core import dist_checkpointing
 
-    iteration = read_tracker(root)
-    if iteration is None:
+    from hope_megatron.training import checkpoint_fit, checkpoint_health as health
+
+    choice = health.choose(root, getattr(args, "ckpt_step", None))
+    if choice is None:
         if args.exit_on_missing_checkpoint:
-            raise FileNotFoundError(f"--load {root} has no {TRACKER}; check the path or drop --exit-on-missing-checkpoint.")
+            raise health.CheckpointError(f"--load {root} has no {TRACKER}; check the path or drop "
+                                         f"--exit-on-missing-checkpoint.")
         return 0, 0
-    path = iteration_dir(root, iteration)
-    common = dist_checkpointing.load_common_state_dict(path)
+    if choice.warning and _rank() == 0:
+        print(choice.warning, flush=True)
+    path, common = choice.path, choice.common
     saved = common.get("args", {})
     same_layout = (saved.get("tensor_model_parallel_size") == args.tensor_model_parallel_size and
                    saved.get("pipeline_model_parallel_size") == args.pipeline_model_parallel_size)
@@ -228,6 +236,11 @@ def load_checkpoint(root, model, optimizer, scheduler, gate, args):
         raise ValueError(f"--load {root} was saved {had} --use-distributed-optimizer and its optimizer state loads "
                          f"only the same way; resume {had} it, or add --no-load-optim to keep the weights and start "
                          f"a fresh optimizer.")
+    with health.reading(path, "the files are damaged; pass --ckpt-step N to load an earlier iteration."):
+        tensors = dist_checkpointing.load_tensors_metadata(path)
+    if getattr(args, "real_vocab_size", None):
+        checkpoint_fit.check_vocab(path, saved, tensors, args, args.real_vocab_size)
+    checkpoint_fit.check_shapes(path, _model_sharded(model), tensors, saved, args)
     if gate is not None and common.get("cms") and not args.finetune:
         gate.load_state_dict(common["cms"])
     if load_optim and platform.torch_adamw_fallback():  # the distributed optimizer's state_dict needs a step
@@ -238,29 +251,30 @@ def load_checkpoint(root, model, optimizer, scheduler, gate, args):
         sd.pop("opt_param_scheduler", None)
     if args.finetune or not (gate is not None and gate.entries):
         sd.pop("cms_accumulators", None)
-    try:
+    if load_optim and not same_layout:
+        advice = (f"its optimizer state was saved at TP={saved.get('tensor_model_parallel_size')}, PP="
+                  f"{saved.get('pipeline_model_parallel_size')}; add --no-load-optim to load the model only.")
+    else:
+        advice = "the files are damaged or were written by different code; pass --ckpt-step N to load an earlier " \
+                 "iteration."
+    with health.reading(path, advice):
         state = dist_checkpointing.load(sd, path)
-    except Exception as e:  # noqa: BLE001 - re-raised with the fix named
-        if load_optim and not same_layout:
-            raise RuntimeError(f"could not load the optimizer state of {path} (saved at TP={saved.get('tensor_model_parallel_size')}"
-                               f", PP={saved.get('pipeline_model_parallel_size')}) into this layout; add --no-load-optim "
-                               f"to load the model only ({type(e).__name__}: {e}).") from e
-        raise
     if len(model) == 1:
         _unwrap(model[0]).load_state_dict(state["model"])
     else:
         for i, m in enumerate(model):
             _unwrap(m).load_state_dict(state[f"model{i}"])
     if load_optim:
-        try:
+        with health.reading(path, "the optimizer state does not fit this model/layout; add --no-load-optim."):
             optimizer.load_state_dict(state["optimizer"])
-        except Exception as e:  # noqa: BLE001
-            raise RuntimeError(f"the optimizer state in {path} does not fit this model/layout; add --no-load-optim "
-                               f"({type(e).__name__}: {e}).") from e
         for st, e in _optimizer_states(gate):
             st["step"] = torch.tensor(float(gate.firings[e.level]), dtype=torch.float32)
         if scheduler is not None and "opt_param_scheduler" in state:
+            note = checkpoint_fit.schedule_note(state["opt_param_scheduler"], args)
             scheduler.load_state_dict(state["opt_param_scheduler"])
+            checkpoint_fit.apply_schedule_override(optimizer, scheduler, args)
+            if note and _rank() == 0:
+                print(note, flush=True)
     if gate is not None and "cms_accumulators" in state:
         gate.load_accumulators(state["cms_accumulators"])
     if load_rng and "rng_state" in state:

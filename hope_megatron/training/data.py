@@ -13,6 +13,33 @@ def build_tokenizer_from_args(args):
                            merge_file=args.merge_file, vocab_size=args.vocab_size)
 
 
+def check_token_ranges(args, tokenizer) -> None:
+    """Every --data-path prefix holds only ids the tokenizer has (data/token_range.py), before the model is built."""
+    from hope_megatron.data import parse_blend
+    from hope_megatron.data.gpt_datasets import check_pair
+    from hope_megatron.data.token_range import check_prefix
+    from hope_megatron.training.checkpoint_fit import describe_tokenizer
+
+    if args.mock_data or not args.data_path:
+        return
+    for prefix in parse_blend(args.data_path)[0]:
+        check_pair(prefix)  # an empty or unreadable pair, named (megatron would say "cannot mmap an empty file")
+        check_prefix(prefix, tokenizer.vocab_size, describe_tokenizer(args))
+
+
+def checked_batches(batches, vocab_size: int):
+    """Hold every micro-batch to the vocabulary: an id past the tokenizer (e.g. beyond the part of a huge .bin that
+    check_token_ranges sampled) stops with a sentence instead of an IndexError or silently training padding rows."""
+    for batch in batches:
+        top = int(batch["tokens"].max()) if batch["tokens"].numel() else -1
+        top = max(top, int(batch["labels"].max()) if batch["labels"].numel() else -1)
+        if top >= vocab_size:
+            raise ValueError(f"a training batch holds token id {top} but the tokenizer has {vocab_size} ids; the "
+                             f"--data-path shards were made with a larger tokenizer: train with that one, or re-run "
+                             f"tools/preprocess_data.py with this one.")
+        yield batch
+
+
 def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
     """Megatron pads the embedding table to a multiple of divisible_by x TP (so every TP shard is equal)."""
     multiple = max(divisible_by, 1) * tp
@@ -67,13 +94,15 @@ def build_iterator(dataset, consumed_samples: int, args, cycle: bool = False):
     sampler = ResumableBatchSampler(total, consumed_samples, args.micro_batch_size, dp_rank, dp)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=args.num_workers,
                                          pin_memory=False, persistent_workers=False)
+    vocab = getattr(args, "real_vocab_size", None)
+    guard = (lambda it: checked_batches(it, vocab)) if vocab else iter
     if not cycle:
-        return iter(loader)
+        return guard(iter(loader))
 
     def forever():
         while True:
             yield from loader
-    return forever()
+    return guard(forever())
 
 
 _KEYS = ("tokens", "labels", "loss_mask", "position_ids")

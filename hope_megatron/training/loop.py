@@ -14,7 +14,7 @@ from functools import partial
 import torch
 import torch.distributed as dist
 
-from hope_megatron.training import checkpointing, data, flops, fsdp
+from hope_megatron.training import checkpointing, data, divergence, flops, fsdp
 from hope_megatron.training.arguments import cms_schedule, format_config, resolved_config, validate_args
 from hope_megatron.training.cms_optimizer import CMSGate, gated_step
 from hope_megatron.training.logging import TensorBoard, Throughput, print_rank0, progress_line
@@ -135,6 +135,9 @@ def pretrain(args, level_of=None, hooks=None) -> dict:
     print_rank0("------------------------ hope-train arguments ------------------------\n" + format_config(args))
 
     args_dict["eod_token_id"] = int(tokenizer.eod)  # for the converter's config.json (--hope-reset-at-eod)
+    # args.real_vocab_size (saved with every checkpoint): --load compares it with the checkpoint's, batches are held
+    # to it, and shards made with a larger tokenizer are one sentence before the model is built
+    data.check_token_ranges(args, tokenizer)  # shards made with a larger tokenizer: one sentence, before the model
     config = build_config(args)
     chunks = build_model_chunks(args, config, args.real_vocab_size, vocab)  # every weight drawn full from --seed
     if hooks is not None and hasattr(hooks, "after_build"):  # tests: e.g. layout-independent weights
@@ -191,18 +194,27 @@ def pretrain(args, level_of=None, hooks=None) -> dict:
     summary = {"losses": {}, "grad_norms": {}, "firings": {}, "valid_losses": {}, "skipped": 0, "tokens_per_s": [],
                "clip_hit_rate": {},
                "start_iteration": iteration, "stopped_by": None}
-    skipped_total, consecutive, interval_losses, last_saved = 0, 0, [], None
+    skipped_total, consecutive, interval_losses, last_saved, save_due, first_bad = 0, 0, [], None, False, 0
+    # checkpoints this run started from or wrote: a NaN stop picks the one to resume from (training/divergence.py)
+    saves = [(args.load, iteration)] if args.load and iteration else []
 
     def save(it):
-        nonlocal last_saved
-        if args.save and last_saved != it:
-            t0 = time.perf_counter()
-            with fsdp.full_view(model, optimizer, gate, loading=False):  # FSDP: megatron's own layout
-                checkpointing.save_checkpoint(args.save, it, model, optimizer, scheduler, gate, consumed,
-                                              args_dict, save_optim=not args.no_save_optim)
-            last_saved = it
-            print_rank0(f"saved checkpoint {checkpointing.iteration_dir(args.save, it)} "
-                        f"({time.perf_counter() - t0:.1f} s)")
+        """A checkpoint is written only after a finite iteration: while iterations are skipped (NaN/inf) a due save
+        waits for the next finite one, so the checkpoint to resume from is never one taken inside a NaN streak."""
+        nonlocal last_saved, save_due
+        if not args.save or last_saved == it:
+            return
+        if consecutive > 0:
+            save_due = True
+            return
+        t0 = time.perf_counter()
+        with fsdp.full_view(model, optimizer, gate, loading=False):  # FSDP: megatron's own layout
+            checkpointing.save_checkpoint(args.save, it, model, optimizer, scheduler, gate, consumed,
+                                          args_dict, save_optim=not args.no_save_optim)
+        last_saved, save_due = it, False
+        saves.append((args.save, it))
+        print_rank0(f"saved checkpoint {checkpointing.iteration_dir(args.save, it)} "
+                    f"({time.perf_counter() - t0:.1f} s)")
 
     while iteration < args.train_iters:
         for m in model:
@@ -221,6 +233,8 @@ def pretrain(args, level_of=None, hooks=None) -> dict:
             skipped_total += 1
             consecutive += 1
         iteration += 1
+        if consecutive == 1:
+            first_bad = iteration
         consumed += args.global_batch_size
         thr.tick()
         summary["losses"][iteration] = loss
@@ -259,24 +273,27 @@ def pretrain(args, level_of=None, hooks=None) -> dict:
             tb.validation(iteration, vloss)
             thr.read()  # evaluation time is not training time
         if consecutive >= args.max_consecutive_skipped_iters:
-            save(iteration)
             summary["stopped_by"] = "nan"
-            print_rank0(f"stopping: {consecutive} consecutive iterations had a non-finite loss or gradient norm "
-                        f"(last grad norm {grad_norm}); lower --lr, raise --lr-warmup-iters or check the data.")
+            print_rank0(divergence.settle(args, consecutive, grad_norm, first_bad, saves, dist.get_rank() == 0))
             break
-        if args.save and args.save_interval and iteration % args.save_interval == 0:
+        if args.save and ((args.save_interval and iteration % args.save_interval == 0) or
+                          (save_due and consecutive == 0)):
             save(iteration)
         if stop.any_rank():
             save(iteration)
             summary["stopped_by"] = "signal"
-            print_rank0(f"stopping at iteration {iteration}: received SIGTERM/SIGINT (checkpoint saved)")
+            print_rank0(f"stopping at iteration {iteration}: received SIGTERM/SIGINT"
+                        + (" (checkpoint saved)" if last_saved == iteration else ""))
             break
         if args.exit_interval and iteration % args.exit_interval == 0:
             save(iteration)
             summary["stopped_by"] = "exit_interval"
             print_rank0(f"stopping at iteration {iteration}: --exit-interval {args.exit_interval}")
             break
-    if summary["stopped_by"] is None:
+    if summary["stopped_by"] in (None, "signal", "exit_interval") and args.save and consecutive > 0:
+        print_rank0(f"not saving iteration {iteration}: its last {consecutive} iteration(s) were skipped (non-finite); "
+                    f"the latest checkpoint stays {checkpointing.iteration_dir(*saves[-1]) if saves else 'none'}")
+    elif summary["stopped_by"] is None:
         save(iteration)
     stop.restore()
     tb.close()

@@ -49,7 +49,7 @@ def test_documents_round_trip_with_eod_and_summary(preprocess, sp_model, tmp_pat
     assert docs == [[tok.tokenize(d) + [tok.eod]] for d in (DOCS[0], DOCS[1], DOCS[2], DOCS[3])]
     assert tok.eod == 2 and tok.detokenize(docs[1][0][:-1]) == DOCS[1]
     err = capsys.readouterr().err
-    assert "4 documents" in err and "1 blank line" in err and "1 empty text" in err
+    assert "4 documents" in err and "1 blank line" in err and "1 empty or whitespace-only text" in err
     assert not glob.glob(prefix + "*.tmp-*")
 
 
@@ -80,7 +80,7 @@ BAD = {
     "malformed_json": (b'{"text": "ok"}\n{"text": "a" "b"}\n', ":2: malformed JSON"),
     "missing_key": (b'{"text": "ok"}\n{"body": "x"}\n', ":2: key 'text' missing (found keys: body)"),
     "invalid_utf8": (b'{"text": "ok"}\n{"text": "caf\xe9"}\n', ":2: invalid UTF-8 (byte 0xe9 at offset 13)"),
-    "not_a_string": (b'{"text": ["a"]}\n', ":1: key 'text' holds a list, expected a string"),
+    "not_a_string": (b'{"text": ["a"]}\n{"text": "ok"}\n', ":1: key 'text' holds a list, expected a string"),
 }
 
 

@@ -75,7 +75,7 @@ class _Oracle:
     def __init__(self, tok, wrong=False):
         self.tok, self.wrong = tok, wrong
 
-    def generate(self, prompt, max_new_tokens, segment):
+    def generate(self, prompt, max_new_tokens, segment, **progress_hook):
         import re
 
         text = self.tok.detokenize(prompt[0].tolist())
