@@ -1,6 +1,6 @@
 """One initialisation for every entry point: process group, model parallel groups, seeding, CPU compatibility.
 
-design.md §4: a GPU changes the backend, not the code path. With CUDA, `initialize` uses nccl and touches nothing in
+design.md §4: a GPU changes the backend, not the code path. With CUDA, `initialize` uses nccl (gloo for host tensors) and touches nothing in
 megatron-core. Without CUDA it uses gloo and installs a compatibility layer (megatron_core_notes.md §2.2-2.3) so that
 megatron-core 0.16.1's own schedules, DDP, optimizer and dist_checkpointing run on CPU:
 
@@ -250,7 +250,9 @@ def initialize(
     from megatron.core import parallel_state, tensor_parallel
 
     use_cuda = cuda_available()
-    backend = "nccl" if use_cuda else "gloo"
+    # With CUDA, nccl for device tensors and gloo for host tensors (the loop's loss, stop flag and parameter count,
+    # the clip norms' scalars): nccl alone refuses a CPU tensor, and megatron's groups inherit this mapping.
+    backend = "cpu:gloo,cuda:nccl" if use_cuda else "gloo"
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
