@@ -258,3 +258,24 @@ def test_gpu_self_check_passes_and_catches_a_wrong_kernel(monkeypatch):
     problem = function.gpu_problem(cfg, x, True)
     assert problem.startswith("the kernels disagree with the chunked form on this device (relative error 1.0e-02")
     function._CHECKED.clear()
+
+
+def test_packed_documents_on_the_kernels_equal_each_document_alone():
+    """--hope-reset-at-eod (ops/documents.py) with impl='triton': a packed [doc₁ EOD doc₂] row gives each document's
+    outputs and the packed call's gradients as if each document ran alone on the chunked form (fp64 ≤ 1e-12)."""
+    from hope_megatron.ops.documents import titans_memory_documents
+
+    cfg = TitansOpConfig(chunk_size=4, inner_clip=0.5)
+    L, cut = 19, 7
+    x, q, st, p = make_case(cfg, B=2, H=1, L=L, d=4)
+    starts = torch.zeros(2, L, dtype=torch.bool)
+    starts[0, cut] = True
+    y = titans_memory_documents(x, q, p, cfg, starts, static=st or None, impl="triton")
+    parts = [(0, 0, cut), (0, cut, L), (1, 0, L)]
+    alone = [titans_memory(x[b:b + 1, :, s:e], q[b:b + 1, :, s:e], p, cfg, impl="chunked") for b, s, e in parts]
+    for (b, s, e), want in zip(parts, alone):
+        assert err(y[b:b + 1, :, s:e], want) <= 1e-12, (b, s, e)
+    g_packed = torch.autograd.grad(y.square().sum(), list(p.values()))
+    g_alone = torch.autograd.grad(sum(a.square().sum() for a in alone), list(p.values()))
+    for name, a, b in zip(p, g_packed, g_alone):
+        assert err(a, b) <= 1e-12, name
