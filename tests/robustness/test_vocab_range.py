@@ -81,8 +81,9 @@ def big_tok_dir(converted, toks, tmp_path_factory):
 
 
 def _expected(tool, out, tok_file):
-    return (f"{tool}: the tokenizer of {out} ({tok_file}) has {BIG} ids but the model's vocabulary is 512 (config.json "
-            f"vocab_size); put the tokenizer the model was trained with there (checkpoints_convert/convert_to_torch.py "
+    # the converter keeps the tokenizer's rows only (issue 15), so config.json's vocab_size is the 400-piece tokenizer's
+    return (f"{tool}: the tokenizer of {out} ({tok_file}) has {BIG} ids but the model's vocabulary is {SMALL} "
+            f"(config.json vocab_size); put the tokenizer the model was trained with there (checkpoints_convert/convert_to_torch.py "
             f"copies it).")
 
 
@@ -116,5 +117,5 @@ def test_perplexity_refuses_shards_beyond_the_model(converted, shards, tmp_path)
     with pytest.raises(SystemExit) as e:
         perplexity.main(["--checkpoint", converted, "--data-path", shards[BIG], "--output", str(tmp_path / "p.json")])
     assert str(e.value).startswith(f"perplexity: {shards[BIG]}.bin holds token id ")
-    assert str(e.value).endswith("but the model's vocabulary is 512; it was made with another tokenizer: re-run "
+    assert str(e.value).endswith(f"but the model's vocabulary is {SMALL}; it was made with another tokenizer: re-run "
                                  "tools/preprocess_data.py with the checkpoint's.")

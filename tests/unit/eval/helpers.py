@@ -23,7 +23,8 @@ def tiny_config(variant="hope", layers=1, hidden=16, heads=2, vocab=260, chunk=4
             "layer_letters": letter * layers, "uses_cms": uses_cms, "cms_widths": list(cms_widths) if uses_cms else [24],
             "cms_variant": "sequential", "cms_levels": len(cms_widths) if uses_cms else 1, "swa_window": 8,
             "rotary_base": 10000, "vocab_size": vocab, "seq_length": 64, "share_embeddings_and_output_weights": False,
-            "op_configs": {letter: dataclasses.asdict(op_cfg)} if letter in "HTD" else {}}
+            "op_configs": {letter: dataclasses.asdict(op_cfg)} if letter in "HTD" else {},
+            "format_version": 2}  # convert_to_torch.py's current layout (no dead x̃ rows, issue 16)
 
 
 def tiny_model(variant="hope", seed=0, **kw) -> HopeLM:
