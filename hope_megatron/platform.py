@@ -295,6 +295,10 @@ def initialize(
     )
 
 
+_SEED: Optional[int] = None  # the run's --seed (seed_all), for the per-layer update-dropout streams
+UPDATE_DROPOUT_SEED_OFFSET = 7_000_000  # far from upstream's seed + 2718 + tp_rank
+
+
 def seed_all(seed: int) -> None:
     """torch's default generator (same on every rank: full weights built identically, then sliced) and megatron's
     tracker (data-parallel stream = seed, tensor-parallel stream = seed + 2718 + tp_rank, as upstream)."""
@@ -303,10 +307,27 @@ def seed_all(seed: int) -> None:
     import numpy as np
     from megatron.core import tensor_parallel
 
+    global _SEED
+    _SEED = int(seed)
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
     tensor_parallel.model_parallel_cuda_manual_seed(seed)
+
+
+def update_dropout_stream(layer_number: int) -> str:
+    """The name of megatron's RNG-tracker stream for update dropout in (global, 1-based) layer `layer_number`
+    (hope_math §2.3), added on first use: seeded from --seed and the layer number alone, hence the same on every
+    tensor-parallel rank and whatever the pipeline split, and saved, restored and replayed under recompute with the
+    tracker's other streams. With ops.titans.dropout_heads the masks are then the single-process ones, sliced."""
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+    tracker = get_cuda_rng_tracker()
+    name = f"hope-update-dropout-{int(layer_number)}"
+    if name not in tracker.get_states():
+        base = _SEED if _SEED is not None else 1234
+        tracker.add(name, base + UPDATE_DROPOUT_SEED_OFFSET + int(layer_number))
+    return name
 
 
 def configure(config) -> None:

@@ -37,7 +37,9 @@ from megatron.core.transformer.utils import (
     sharded_state_dict_default,
 )
 
+from hope_megatron import platform
 from hope_megatron.ops import causal_conv1d, init_meta_params, titans_memory
+from hope_megatron.ops.titans import dropout_heads
 from hope_megatron.ops.documents import titans_memory_documents
 
 CONV_WIDTH = 4  # hope_math §2.1
@@ -188,7 +190,10 @@ class TitansMixer(MegatronModule):
         run = titans_memory if starts is None else partial(titans_memory_documents, starts=starts)
         stats = {} if self.training else None  # the chunk clip's hit count and scales (hope_math §10 #17)
         if self.training and self.op_cfg.update_dropout > 0:
-            with get_cuda_rng_tracker().fork():  # update dropout in the TP-region stream (hope_math §2.3)
+            # update dropout (hope_math §2.3) from this layer's own stream, the same on every TP rank, its masks drawn
+            # for all heads and sliced: the same masks at every TP and PP layout (platform.update_dropout_stream)
+            with get_cuda_rng_tracker().fork(platform.update_dropout_stream(self.layer_number)), \
+                    dropout_heads(self.tp_rank * self.heads_local, self.num_heads):
                 y, state = run(x, q, params, self.op_cfg, static=static or None, training=True, return_state=True,
                                stats=stats)
         else:

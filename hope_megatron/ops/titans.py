@@ -15,6 +15,7 @@ re-runs each chunk step in the backward (activation checkpointing).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Dict, List, Optional, Tuple
@@ -41,6 +42,30 @@ def _chunk_clipped(ws, ms, factors, eta, log_alpha, cfg, zw=None):
 
 
 _ADVANCE = {"naive": _token_loop_clipped, "chunked": _chunk_clipped}
+_DROPOUT_HEADS: Optional[Tuple[int, int]] = None   # (first, total): see dropout_heads()
+
+
+@contextmanager
+def dropout_heads(first: int, total: int):
+    """Within the block, update-dropout masks (hope_math §2.3) are drawn for all `total` heads and the call's heads
+    first..first+H−1 kept, so a tensor-parallel rank's masks are the slice of the single-process ones (the megatron
+    mixer forks one RNG stream per layer, the same on every TP rank, around this)."""
+    global _DROPOUT_HEADS
+    outer, _DROPOUT_HEADS = _DROPOUT_HEADS, (int(first), int(total))
+    try:
+        yield
+    finally:
+        _DROPOUT_HEADS = outer
+
+
+def keep_masks(count: int, shape, keep: float, device) -> List[torch.Tensor]:
+    """`count` bool keep-masks of shape [B, H, L, d] (one per projection memory, in group order), drawn from the
+    current RNG stream; under dropout_heads(first, total) each is drawn over the total heads and sliced."""
+    b, h, length, d = shape
+    first, total = _DROPOUT_HEADS if _DROPOUT_HEADS is not None else (0, h)
+    if first + h > total:
+        raise ValueError(f"dropout_heads(first={first}, total={total}) does not hold this call's {h} heads.")
+    return [torch.rand((b, total, length, d), device=device)[:, first:first + h] < keep for _ in range(count)]
 _FUSE_GRIDS = True  # one chunk loop for all memories when C_proj = C_mem (tests switch it off to compare)
 _CHANNELS = ("k", "v", "eta", "log_alpha")
 
@@ -274,8 +299,9 @@ def _titans_memory_torch(x, q, params, cfg, static, state, return_state, impl, t
         masks = None
         if training and cfg.update_dropout > 0:  # update dropout on M_k, M_v, M_η, M_α's residual branch (§2.3)
             keep = 1.0 - cfg.update_dropout
-            masks = torch.stack([(torch.rand(xs.shape, device=xs.device) < keep).to(cdt) / keep
-                                 if m not in ("q", "mem") else torch.ones_like(xs) for m in group])
+            drawn = iter(keep_masks(sum(m not in ("q", "mem") for m in group), xs.shape, keep, xs.device))
+            masks = torch.stack([next(drawn).to(cdt) / keep if m not in ("q", "mem") else torch.ones_like(xs)
+                                 for m in group])
         ws, ms = _stack(state, group, "weights"), _stack(state, group, "momentum")
         prefix = _tail(state.pending, pos % cfg.proj_chunk)
         pieces, outs = [], []

@@ -20,6 +20,8 @@ BASE = dict(num_layers=2, hidden_size=32, num_attention_heads=4, ffn_hidden_size
             params_dtype=torch.float32)
 CASES = {
     "hope": ("hope", dict(titans_proj_chunk_size=2, inner_clip=0.5, cms_levels=2)),
+    # update dropout (the pilot/mid/target configs' 0.2, here 0.5): per-layer streams, masks over all heads, sliced
+    "hope_update_dropout": ("hope", dict(update_dropout=0.5, inner_clip=0.5, cms_levels=1)),
     "hope_attention": ("hope_attention", dict(cms_levels=2)),
     "titans": ("titans", {}),
     "transformer": ("transformer", {}),

@@ -238,7 +238,7 @@ def run(x, q, params, cfg, static, state, return_state: bool, training: bool,
 def _run_kernels(x, q, params, cfg, static, state, return_state: bool, training: bool,
                  stats: Optional[Dict[str, torch.Tensor]]):
     """The kernels' share of run(): the state starts at a chunk boundary."""
-    from ..titans import TitansState, _static_channels
+    from ..titans import TitansState, _static_channels, keep_masks
 
     bsz, heads, length, d = x.shape
     C = cfg.mem_chunk
@@ -263,7 +263,7 @@ def _run_kernels(x, q, params, cfg, static, state, return_state: bool, training:
     keep = None
     if names and training and cfg.update_dropout > 0:   # same draws, in the same order, as the chunked form
         keep_p = 1.0 - cfg.update_dropout
-        keep = torch.stack([torch.rand(x.shape, device=x.device) < keep_p for _ in names]).to(torch.uint8)
+        keep = torch.stack(keep_masks(len(names), x.shape, keep_p, x.device)).to(torch.uint8)
         keep = keep.reshape(len(names), P, length, d)
 
     # initial state S₀ [P, G, d_out, d_in] per weight matrix, differentiable into the meta-inits or the given state

@@ -279,3 +279,23 @@ def test_packed_documents_on_the_kernels_equal_each_document_alone():
     g_alone = torch.autograd.grad(sum(a.square().sum() for a in alone), list(p.values()))
     for name, a, b in zip(p, g_packed, g_alone):
         assert err(a, b) <= 1e-12, name
+
+
+@pytest.mark.parametrize("impl", ["chunked", "triton"])
+def test_update_dropout_masks_are_the_slice_of_all_heads(impl):
+    """Under dropout_heads(first, total) the masks are drawn over every head and sliced, so heads 2..3 of a 4-head
+    layer (a TP=2 rank's share) see exactly the masks the whole layer gives them (issue 15's layout parity)."""
+    from hope_megatron.ops.titans import dropout_heads
+
+    cfg = TitansOpConfig(chunk_size=4, inner_clip=0.3, update_dropout=0.3)
+    x, q, _, params = make_case(cfg, B=1, H=4, L=9, d=4)
+    torch.manual_seed(3)
+    whole = titans_memory(x, q, params, cfg, impl=impl, training=True)
+    part = {n: t[2:4] for n, t in params.items()}
+    torch.manual_seed(3)
+    with dropout_heads(2, 4):
+        share = titans_memory(x[:, 2:4], q[:, 2:4], part, cfg, impl=impl, training=True)
+    assert err(share, whole[:, 2:4]) <= 1e-12
+    torch.manual_seed(3)
+    plain = titans_memory(x[:, 2:4], q[:, 2:4], part, cfg, impl=impl, training=True)   # its own draws differ
+    assert err(plain, whole[:, 2:4]) > 1e-6
