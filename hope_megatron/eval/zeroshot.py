@@ -11,17 +11,21 @@ one of the seven without its file, runs from lm-eval's own definition, whose dat
 the Hugging Face Hub; a dataset that cannot be reached stops the run with one sentence before the model is loaded
 (catalog.py). The JSON holds every metric lm-eval reports; the markdown is our row of NL Table 1 (hope_math.md §9) with
 the LAMBADA (acc, perplexity) and WikiText (word perplexity) columns filled whenever lambada_openai / wikitext ran.
-`--limit N` scores the first N items per task (say so when quoting numbers). The same checkpoint, exported with
-checkpoints_convert/export_hf.py, also runs as `lm_eval --model hf --model_args pretrained=OUT,trust_remote_code=True`.
+`--limit N` scores the first N items per task (say so when quoting numbers). Tasks run one at a time: each finished
+task's results are in the JSON at once (`"complete": false` until the last), and SIGTERM keeps them and exits 143.
+The same checkpoint, exported with checkpoints_convert/export_hf.py, also runs as
+`lm_eval --model hf --model_args pretrained=OUT,trust_remote_code=True`.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Dict, List
 
 from hope_megatron.eval.catalog import offline_env, preflight, results_by_task, split_tasks, write_task_yamls
-from hope_megatron.eval.common import default_output, load, run_info, write_json
+from hope_megatron.eval.common import default_output, load, run_info
+from hope_megatron.eval.progress import PartialJSON, Terminated, terminated_raises
 from hope_megatron.eval.paper import nearest_scale, table1_markdown
 from hope_megatron.eval.tasks import TASKS, task_configs
 
@@ -102,18 +106,34 @@ def main(argv=None) -> dict:
     manager = check_data(tasks, a.data_dir)
     model, tok, cfg = load(a.checkpoint, a.threads)
     lm = HopeEvalLM(model=model, tokenizer=tok, batch_size=a.batch_size, max_length=a.max_length)
-    results = evaluate(lm, tasks, a.data_dir, a.limit, manager)
     n_params = sum(x.numel() for x in model.parameters())
-    for t, r in results.items():
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in r.items() if k != "n" and not k.endswith("_stderr"))
-        print(f"{t}: {shown}" + (f" ± {r['acc_stderr']:.4f}" if "acc_stderr" in r else "") + f" (n={r['n']})")
-    note = f"Limited to {a.limit} items per task." if a.limit else ""
-    md = markdown(results, cfg.get("hope_variant", "?"), n_params, note)
     info = run_info(a.checkpoint)
     info["parameters"] = n_params
-    out = {"kind": "zeroshot", "run": info, "limit": a.limit, "results": results, "markdown": md,
-           "scale": nearest_scale(n_params)}
-    path = write_json(a.output or default_output(a.checkpoint, "zeroshot"), out)
+    note = f"Limited to {a.limit} items per task." if a.limit else ""
+    results: Dict[str, Dict[str, float]] = {}
+    out = {"kind": "zeroshot", "run": info, "limit": a.limit, "results": results, "scale": nearest_scale(n_params)}
+    writer = PartialJSON(a.output or default_output(a.checkpoint, "zeroshot"))
+    try:
+        with terminated_raises():  # one task at a time: each finished task is in the JSON at once
+            for i, task in enumerate(tasks):
+                done = evaluate(lm, [task], a.data_dir, a.limit, manager)
+                results.update(done)
+                for t, r in done.items():
+                    shown = ", ".join(f"{k} {v:.4f}" for k, v in r.items() if k != "n" and not k.endswith("_stderr"))
+                    print(f"[{i + 1}/{len(tasks)}] {t}: {shown}" +
+                          (f" ± {r['acc_stderr']:.4f}" if "acc_stderr" in r else "") + f" (n={r['n']})", flush=True)
+                if i + 1 < len(tasks):
+                    writer.write(dict(out, markdown=markdown(results, cfg.get("hope_variant", "?"), n_params, note)),
+                                 complete=False)
+    except Terminated:
+        writer.write(dict(out, markdown=markdown(results, cfg.get("hope_variant", "?"), n_params, note)),
+                     complete=False)
+        print(f"zeroshot: stopped by SIGTERM after {len(results)} of {len(tasks)} tasks; their results are in "
+              f"{writer.path} (\"complete\": false)", file=sys.stderr, flush=True)
+        raise SystemExit(143) from None
+    md = markdown(results, cfg.get("hope_variant", "?"), n_params, note)
+    out["markdown"] = md
+    path = writer.write(out, complete=True)
     if a.markdown:
         with open(a.markdown, "w", encoding="utf-8") as f:
             f.write(md + "\n")

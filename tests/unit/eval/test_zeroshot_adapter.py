@@ -120,3 +120,34 @@ def test_task_without_local_data_needs_reachable_catalog_data(tmp_path, monkeypa
     with pytest.raises(SystemExit, match=r"^zeroshot: lm-eval's task lambada_openai could not read its data .*"
                                          r"EleutherAI/lambada_openai"):
         zeroshot.main(["--checkpoint", "x", "--tasks", "lambada_openai,wikitext", "--data-dir", str(tmp_path)])
+
+
+def test_zeroshot_keeps_finished_tasks_when_stopped(tmp_path, monkeypatch):
+    """Tasks run one at a time and each finished one is written at once: SIGTERM during the second task leaves the
+    first task's results in the JSON ("complete": false) and exits 143; an uninterrupted run ends "complete": true."""
+    from hope_megatron.eval import progress, zeroshot
+
+    calls = []
+
+    def fake_evaluate(lm, tasks, data_dir, limit=None, manager=None):
+        calls.append(list(tasks))
+        if len(calls) == 2 and stop:
+            raise progress.Terminated()
+        return {tasks[0]: {"acc": 0.5 + 0.1 * len(calls), "n": 10}}
+
+    monkeypatch.setattr(zeroshot, "evaluate", fake_evaluate)
+    monkeypatch.setattr(zeroshot, "check_data", lambda tasks, data_dir: None)
+    monkeypatch.setattr(zeroshot, "load", lambda ckpt, threads: (tiny_model("hope"), ByteTokenizer(),
+                                                                  {"hope_variant": "hope"}))
+    monkeypatch.setattr(zeroshot, "run_info", lambda ckpt: {"checkpoint": ckpt})
+    out = tmp_path / "zs.json"
+    args = ["--checkpoint", str(tmp_path), "--tasks", "piqa,boolq,arc_easy", "--output", str(out)]
+    stop = True
+    with pytest.raises(SystemExit) as e:
+        zeroshot.main(args)
+    assert e.value.code == 143 and calls == [["piqa"], ["boolq"]]
+    kept = json.loads(out.read_text())
+    assert kept["complete"] is False and kept["results"] == {"piqa": {"acc": 0.6, "n": 10}}
+    stop, calls[:] = False, []
+    done = zeroshot.main(args)
+    assert json.loads(out.read_text())["complete"] is True and sorted(done["results"]) == ["arc_easy", "boolq", "piqa"]
