@@ -6,7 +6,8 @@
 Reads a convert_to_torch.py directory (config.json + model.safetensors + the tokenizer file) and writes, into
 --output (default: the checkpoint directory itself, in place):
   config.json          the converted config plus model_type "hope", auto_map, the in_proj layout of every memory
-                       letter (read from hope_megatron.inference, so the remote code never hard-codes it), token ids
+                       letter (read from hope_megatron.inference, so the remote code never hard-codes it), token ids,
+                       hope_reset_at_eod and eod_token_id (the remote code restarts the memory after each EOD)
   modeling_hope.py, configuration_hope.py   remote code (hope_megatron/inference/hf/): no megatron, no hope_megatron
   tokenizer            SentencePiece -> tokenizer.model + tokenization_hope.py; NullTokenizer -> tokenization_hope.py;
                        GPT-2 BPE -> vocab.json + merges.txt for transformers' GPT2Tokenizer; tokenizer_config.json
@@ -56,6 +57,9 @@ def _read_source(src: str) -> dict:
     missing = [k for k in ("layer_letters", "hidden_size", "vocab_size", "op_configs") if k not in cfg]
     if missing:
         fail(f"{cfg_path} lacks {', '.join(missing)}: it was not written by convert_to_torch.py; re-run it.")
+    if cfg.get("hope_reset_at_eod") and cfg.get("eod_token_id") is None:
+        fail(f"{cfg_path} sets hope_reset_at_eod but no eod_token_id, so the exported model could not find the "
+             f"document starts; re-run convert_to_torch.py, which records it.")
     return cfg
 
 
@@ -135,6 +139,8 @@ def export_hf(checkpoint: str, output: Optional[str] = None) -> dict:
                in_proj_components=in_proj_layout(cfg), dtype="float32", tie_word_embeddings=False, use_cache=True,
                eos_token_id=eod, pad_token_id=eod, bos_token_id=None, hf_export_version=FORMAT_VERSION)
     cfg.setdefault("max_position_embeddings", cfg.get("seq_length"))
+    # the remote code resets every memory layer after each EOD token when the model was trained so (hope_math §2.7)
+    cfg.update(hope_reset_at_eod=bool(cfg.get("hope_reset_at_eod", False)), eod_token_id=cfg.get("eod_token_id"))
     _write_json(os.path.join(out, "generation_config.json"),
                 {"eos_token_id": eod, "pad_token_id": eod, "bos_token_id": None, "do_sample": False})
     _write_json(os.path.join(out, "config.json"), cfg)

@@ -10,6 +10,12 @@ Generation: the streaming state (every memory's weights and momentum, the open c
 tails, attention KV caches) is this file's HopeCache, returned as `cache` and fed back by `generate` (transformers
 >= 5.24 names it `cache`; `past_key_values` is accepted as an input too), so each new token costs one token's forward. Rows of a padded batch (attention_mask with zeros) run as
 separate streams without their pad tokens, so left or right padding never enters a memory.
+
+Packed documents (config.json `hope_reset_at_eod`, `eod_token_id`; hope_math §2.7): every token after an EOD begins a
+document, where each memory layer restarts (meta-init state, fresh chunk grid, zero conv tail) while attention still
+sees across documents. A memory layer then runs each row alone, cut at its document starts, as
+hope_megatron.inference (ops/documents.py) does; HopeCache carries one memory state per row and whether each row's last
+token was EOD (then the next call begins a document), so segmented calls and generate equal one whole call.
 """
 
 from __future__ import annotations
@@ -301,12 +307,11 @@ class TitansMixer(nn.Module):
     def _heads(self, t):  # [B, L, H*w] -> [B, H, L, w]
         return t.reshape(t.shape[0], t.shape[1], self.heads, -1).permute(0, 2, 1, 3)
 
-    def forward(self, h, state: Optional[MemoryState]):
-        parts = dict(zip([c[0] for c in self.components],
-                         self.in_proj(h).split([w * self.heads for _, w, _ in self.components], dim=-1)))
+    def _mix(self, a, parts, state: Optional[MemoryState]):
+        """conv + SiLU → q ℓ2norm → titans_memory on pre-conv inputs a [B, n, C] of one stream; y [B, H, n, d] and the
+        stream's new state (the conv tail included)."""
         conv_names = [name for name, _, conv in self.components if conv]
-        conv, tail = causal_conv(torch.cat([parts[n] for n in conv_names], -1), self.conv_weight,
-                                 state.conv_tail if state is not None else None)
+        conv, tail = causal_conv(a, self.conv_weight, state.conv_tail if state is not None else None)
         conv = dict(zip(conv_names, F.silu(conv).split([w * self.heads for n, w, c in self.components if c], -1)))
         q = l2norm(self._heads(conv["q"]))
         x = self._heads(conv["x"]) if "x" in conv else q  # x̃ exists only when a projection memory reads it (§10 #18)
@@ -314,6 +319,35 @@ class TitansMixer(nn.Module):
                   for n, _, _ in self.components if n not in ("x", "q", "g")}
         y, state = titans_memory(x, q, static, dict(self.meta.items()), self.op, state)
         state.conv_tail = tail
+        return y, state
+
+    def _documents(self, a, parts, starts, states):
+        """hope_reset_at_eod (hope_math §2.7): each row runs alone, cut at its document starts (starts [B, L] bool);
+        a piece that begins a document starts from the meta-init with a zero conv tail (fresh chunk grid, no look-back),
+        the row's first piece otherwise carries the row's state. states: None or one MemoryState (or None) per row;
+        returns y [B, H, L, d] and the rows' new states."""
+        bsz, length = starts.shape
+        y = a.new_zeros(bsz, self.heads, length, self.d)
+        new = list(states) if states is not None else [None] * bsz
+        for b in range(bsz):
+            bounds = [0] + [t for t in starts[b].nonzero().flatten().tolist() if t > 0] + [length]
+            for s, e in zip(bounds[:-1], bounds[1:]):
+                carried = None if bool(starts[b, s]) else new[b]
+                y[b:b + 1, :, s:e], new[b] = self._mix(a[b:b + 1, s:e], {n: t[b:b + 1, s:e] for n, t in parts.items()},
+                                                       carried)
+        return y, new
+
+    def forward(self, h, state, starts=None):
+        """h [B, L, D]; state: a MemoryState, or under document starts (starts bool [B, L]) one per row."""
+        parts = dict(zip([c[0] for c in self.components],
+                         self.in_proj(h).split([w * self.heads for _, w, _ in self.components], dim=-1)))
+        a = torch.cat([parts[name] for name, _, conv in self.components if conv], -1)
+        if starts is None:
+            y, state = self._mix(a, parts, state)
+        elif h.shape[1] == 0:
+            return h.new_zeros(h.shape), state
+        else:
+            y, state = self._documents(a, parts, starts, state)
         yf = y.float()
         yf = yf * torch.rsqrt(yf.pow(2).mean(-1, keepdim=True) + EPS) * self.out_norm_weight.float()[None, :, None]
         o = yf.to(y.dtype) * F.silu(self._heads(parts["g"]))
@@ -376,8 +410,12 @@ class HopeLayer(nn.Module):
             self.pre_mlp_layernorm = make_norm(cfg)
             self.mlp = MLP(cfg, cfg.ffn_hidden_size)
 
-    def forward(self, x, state):
-        out, state = self.self_attention(self.input_layernorm(x), state)
+    def forward(self, x, state, starts=None):
+        """starts: document starts for a memory mixer (hope_reset_at_eod); attention still sees across documents."""
+        if isinstance(self.self_attention, TitansMixer):
+            out, state = self.self_attention(self.input_layernorm(x), state, starts)
+        else:
+            out, state = self.self_attention(self.input_layernorm(x), state)
         x = x + out
         return (self.mlp(x) if self.uses_cms else x + self.mlp(self.pre_mlp_layernorm(x))), state
 
@@ -385,11 +423,13 @@ class HopeLayer(nn.Module):
 # ------------------------------------------------------------------------------------------------ transformers API
 class HopeCache:
     """The streaming state `generate` carries: one entry per layer and the columns consumed (pads included). `rows`
-    holds one HopeCache per batch row once a padded batch has been seen (rows then stream separately)."""
+    holds one HopeCache per batch row once a padded batch has been seen (rows then stream separately). Under
+    hope_reset_at_eod a memory layer's entry holds one state per row (rows sit at different document positions) and
+    `last_eod` [B] says whether each row's last consumed token was EOD (then the next call begins a document)."""
     is_croppable = False
 
-    def __init__(self, layers=None, position: int = 0, rows=None):
-        self.layers, self.position, self.rows = layers, position, rows
+    def __init__(self, layers=None, position: int = 0, rows=None, last_eod=None):
+        self.layers, self.position, self.rows, self.last_eod = layers, position, rows, last_eod
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.position
@@ -427,6 +467,12 @@ class HopeForCausalLM(PreTrainedModel, GenerationMixin):
         self.embedding = _Embedding(config.vocab_size, config.hidden_size)
         self.decoder = _Decoder(config)
         self.tied = bool(config.share_embeddings_and_output_weights)
+        # hope_math §2.7: trained with --hope-reset-at-eod, every memory layer restarts after each EOD token
+        self.reset_eod = bool(getattr(config, "hope_reset_at_eod", False))
+        self.eod = getattr(config, "eod_token_id", None)
+        if self.reset_eod and self.eod is None:
+            raise ValueError("config.json sets hope_reset_at_eod but no eod_token_id; add the tokenizer's EOD id "
+                             "(checkpoints_convert/convert_to_torch.py writes it).")
         if not self.tied:
             self.output_layer = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
@@ -447,16 +493,28 @@ class HopeForCausalLM(PreTrainedModel, GenerationMixin):
     def get_output_embeddings(self):
         return None if self.tied else self.output_layer
 
+    def _document_starts(self, tokens, cache: Optional[HopeCache]):
+        """(starts [B, L] bool, last_eod [B]) under hope_reset_at_eod: a document begins after each EOD token, and at
+        position 0 when the previous call ended with one (a stream's first call starts afresh anyway)."""
+        starts = torch.zeros(tokens.shape, dtype=torch.bool, device=tokens.device)
+        starts[:, 1:] = tokens[:, :-1] == self.eod
+        before = cache.last_eod if cache is not None else None
+        if before is not None:
+            starts[:, 0] = before
+        return starts, (tokens[:, -1] == self.eod if tokens.shape[1] else before)
+
     def _forward_tokens(self, tokens, cache: Optional[HopeCache]):
         x = self.embedding.word_embeddings(tokens)
         states = cache.layers if cache is not None else [None] * len(self.decoder.layers)
+        starts, last_eod = self._document_starts(tokens, cache) if self.reset_eod else (None, None)
         new = []
         for layer, st in zip(self.decoder.layers, states):
-            x, st = layer(x, st)
+            x, st = layer(x, st, starts)
             new.append(st)
         x = self.decoder.final_layernorm(x)
         w = self.embedding.word_embeddings.weight if self.tied else self.output_layer.weight
-        return F.linear(x, w), HopeCache(new, (cache.position if cache is not None else 0) + tokens.shape[1])
+        return F.linear(x, w), HopeCache(new, (cache.position if cache is not None else 0) + tokens.shape[1],
+                                         last_eod=last_eod)
 
     def forward(self, input_ids=None, attention_mask=None, cache=None, past_key_values=None, labels=None,
                 use_cache=None, return_dict=None, **kwargs):

@@ -1,8 +1,8 @@
 """Converted checkpoints in Hugging Face transformers (checkpoints_convert/export_hf.py): for every variant and a hybrid,
 AutoModelForCausalLM's logits equal hope_megatron.inference (fp32, relative 1e-5), streaming through its cache in
 uneven segments equals the whole forward, generate gives the same greedy tokens, a left-padded batch equals its rows
-run alone; AutoTokenizer encodes and decodes exactly as training did (SentencePiece, GPT-2 BPE, Null); the remote code
-imports neither megatron nor hope_megatron; `lm_eval --model hf --model_args pretrained=DIR,trust_remote_code=True`
+run alone (also under hope_reset_at_eod, with EODs inside the tokens); AutoTokenizer encodes and decodes exactly as
+training did (SentencePiece, GPT-2 BPE, Null); the remote code imports neither megatron nor hope_megatron; `lm_eval --model hf --model_args pretrained=DIR,trust_remote_code=True`
 on a local task scores exactly what the `hope` adapter scores. The converted directories (the converter's output
 format: config.json + model.safetensors + megatron_args.json + tokenizer file) are built once per module."""
 
@@ -26,6 +26,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 HAMLET = os.path.join(REPO, "tests", "fixtures", "hamlet_excerpt.txt")
 VOCAB = 640  # > the 600-piece SentencePiece model, as Megatron's padded vocabulary is
 SEGMENTS = ((0, 5), (5, 6), (6, 13), (13, 19))  # split mid-chunk, mid-window and token by token
+EOD = VOCAB - 1  # the NullTokenizer's EOD id (its vocabulary is megatron_args' VOCAB - 1)
+# the "reset" case's EODs: documents begin at segment starts (5, 7, 13: the cache carries "last token was EOD"), inside
+# a segment (10), and one is a single EOD (10); the generate prompt t[:, :7] ends with EOD in row 0
+EODS = ((0, 4), (0, 6), (0, 12), (1, 5), (1, 9), (1, 10))
 
 
 def _op(**kw):
@@ -53,8 +57,14 @@ def _configs():
     hybrid.update(layer_letters="HDWT", cms_variant="independent",
                   op_configs={"H": _op(chunk_size=4, inner_clip=0.5), "D": _op(**DELTANET),
                               "T": _op(chunk_size=4, self_mod=False, dgd=False)})
+    # hope_reset_at_eod (hope_math §2.7): both memory kinds restart after each EOD, the W layer sees across documents
+    reset = tiny_config("hope", layers=3, vocab=VOCAB)
+    reset.update(layer_letters="HTW", hope_reset_at_eod=True, eod_token_id=EOD,
+                 op_configs={"H": _op(chunk_size=4, proj_chunk_size=2, inner_clip=0.5),
+                             "T": _op(chunk_size=4, self_mod=False, dgd=False)})
     return {"hope": hope, "hope_attention": tied, "titans": tiny_config("titans", layers=2, vocab=VOCAB),
-            "transformer": gqa, "swa": swa, "deltanet": delta, "hybrid": hybrid}
+            "transformer": gqa, "swa": swa, "deltanet": delta, "hybrid": hybrid,
+            "reset": reset}
 
 
 def _write_converted(path, cfg, seed, tokenizer):
@@ -126,9 +136,16 @@ def test_transformers_equals_inference(exported, case):
     ref, hf = load_model(exported[case]), _load(exported[case])
     assert hf.dtype == torch.float32
     t = _tokens()
+    for r, c in EODS if case == "reset" else ():
+        t[r, c] = EOD
     with torch.no_grad():
         want = ref(t)
         assert _rel(hf(t).logits, want) <= 1e-5
+        if case == "reset":  # the EODs matter: without the reset the memory reads across documents
+            assert ref.reset_eod and hf.reset_eod and hf.config.eod_token_id == EOD
+            hf.reset_eod = False
+            assert _rel(hf(t).logits, want) > 1e-3
+            hf.reset_eod = True
         cache, pieces = None, []
         for a, b in SEGMENTS:
             out = hf(t[:, a:b], cache=cache, use_cache=True)
@@ -140,11 +157,14 @@ def test_transformers_equals_inference(exported, case):
         assert torch.equal(new, ref.generate(t[:, :7], 6))
 
 
-@pytest.mark.parametrize("case", ["hope", "hybrid"])
+@pytest.mark.parametrize("case", ["hope", "hybrid", "reset"])
 def test_padded_batch_equals_rows_alone(exported, case):
-    """lm-eval's generate_until left-pads a batch: each row must stream as if it were alone (no pad enters a memory)."""
+    """lm-eval's generate_until left-pads a batch: each row must stream as if it were alone (no pad enters a memory).
+    reset: each row carries its own "last token was EOD" (row 1's prompt ends with one)."""
     hf = _load(exported[case])
     rows = [_tokens(9, 1, 1)[0], _tokens(5, 1, 2)[0]]
+    if case == "reset":
+        rows[0][3] = rows[1][4] = EOD
     batch = torch.full((2, 9), 7, dtype=torch.long)
     mask = torch.zeros(2, 9, dtype=torch.long)
     for r, row in enumerate(rows):
@@ -279,5 +299,9 @@ def test_export_refuses_what_is_not_a_converted_checkpoint(tmp_path):
     (tmp_path / "config.json").write_text('{"hidden_size": 8}')
     with pytest.raises(SystemExit, match=r"config.json lacks layer_letters, vocab_size, op_configs: it was not written "
                                          r"by convert_to_torch.py"):
+        export_hf.main(["--checkpoint", str(tmp_path)])
+    (tmp_path / "config.json").write_text(json.dumps(dict(_configs()["reset"], eod_token_id=None)))
+    with pytest.raises(SystemExit, match=r"config.json sets hope_reset_at_eod but no eod_token_id, so the exported "
+                                         r"model could not find the document starts; re-run convert_to_torch.py"):
         export_hf.main(["--checkpoint", str(tmp_path)])
     assert not (tmp_path / "modeling_hope.py").exists()  # nothing written before the checks
