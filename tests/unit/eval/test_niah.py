@@ -48,11 +48,11 @@ def test_hope_peak_memory_flat_in_length():
     torch.manual_seed(0)
     model = tiny_model("hope", hidden=8, heads=1, chunk=512, cms_widths=(8,))
     peaks = {}
-    for length in (8192, 65536):
+    for length in (4096, 16384):  # 2 and 8 streamed segments (was 8k vs 64k: the same claim at a quarter of the time)
         prompt = torch.randint(0, 256, (1, length))
-        _, peaks[length] = niah.peak_alloc_bytes(lambda: niah.run_trial(model, prompt, [1, 2], 8192))
-    assert peaks[8192] > 0
-    assert peaks[65536] <= 1.2 * peaks[8192], peaks
+        _, peaks[length] = niah.peak_alloc_bytes(lambda: niah.run_trial(model, prompt, [1, 2], 2048))
+    assert peaks[4096] > 0
+    assert peaks[16384] <= 1.2 * peaks[4096], peaks
 
 
 def test_peak_probe_sees_a_known_allocation():
