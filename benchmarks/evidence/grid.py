@@ -74,7 +74,7 @@ class Grid:
     measure_memory: bool = True
     # permuted classes (tasks.ClassesSpec): `tasks` tasks trained one after another, each for classes.iters
     classes_tasks: int = 3
-    classes: TaskBudget = field(default_factory=lambda: TaskBudget(seq=64, batch=32, iters=40))
+    classes: TaskBudget = field(default_factory=lambda: TaskBudget(seq=64, batch=32, iters=50))
     classes_eval_examples: int = 256
     ttc_stream_tokens: int = 8192     # test-time CMS: tokens of each later task streamed through the model
     ttc_segment: int = 64

@@ -53,6 +53,8 @@ def train(argv) -> dict:
     if rc != 0:
         raise RuntimeError(f"hope_megatron.train exited with {rc} for: {' '.join(argv)}")
     text = tee.buf.getvalue()
+    if "received SIGTERM/SIGINT" in text:  # the loop saved and returned early: the job is being ended, not done
+        sys.exit(143)
     curve = {"iteration": [], "loss": [], "clip_hit_rate": [], "clip_scale": []}
     for line in text.splitlines():
         m = LINE.search(line)

@@ -113,8 +113,12 @@ def _run_jobs(specs: list, jobs: int) -> tuple:
         _schedule(pending, running, failed, jobs, env)
     finally:  # interrupted (Ctrl-C, SIGTERM): no job outlives the grid
         for proc, spec, log, _ in running:
-            proc.terminate()
-            proc.wait()
+            proc.terminate()  # a job in training saves at the end of the iteration, then exits
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
             log.close()
     return failed, len(pending_all)
 
