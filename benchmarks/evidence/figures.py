@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Sequence
 from benchmarks.evidence.stats import mean_ci
 
 COLORS = {"hope": "#d62728", "titans": "#ff7f0e", "titans_nocms": "#bcbd22", "deltanet": "#2ca02c",
-          "transformer": "#1f77b4", "swa": "#9467bd"}
+          "transformer": "#1f77b4", "swa": "#9467bd", "hope_eta1e-3": "#8c564b"}  # every grid.VARIANTS entry
 
 
 def _plt():
@@ -110,7 +110,8 @@ def clip(path, curves: Dict[str, tuple], finals: Dict[str, Dict[str, list]]) -> 
     axes[0].set_ylim(0, 1)
     axes[0].legend(fontsize=7)
     tasks = list(finals)
-    variants = sorted({v for t in finals.values() for v in t}, key=lambda v: list(COLORS).index(v))
+    order = list(COLORS)
+    variants = sorted({v for t in finals.values() for v in t}, key=lambda v: order.index(v) if v in order else len(order))
     width = 0.8 / max(len(variants), 1)
     for i, v in enumerate(variants):
         ms = [mean_ci(finals[t].get(v, []))[:2] for t in tasks]

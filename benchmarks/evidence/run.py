@@ -3,7 +3,7 @@ stress test, for HOPE and parameter-matched baselines over several seeds, throug
 like tools/preprocess_data.py -> hope_megatron.train -> checkpoints_convert/convert_to_torch.py -> plain-PyTorch
 evaluation), then reports/evidence.md with tables (mean and 95% CI over seeds) and plots.
 
-    python benchmarks/evidence/run.py                  # the default grid (~30 min on 2 CPU cores), reports/evidence.md
+    python benchmarks/evidence/run.py                  # the default grid (~38 min on 2 CPU cores, --jobs 2), reports/evidence.md
     python benchmarks/evidence/run.py --quick          # every stage on tiny budgets (seconds; what make test runs)
     python benchmarks/evidence/run.py --jobs 1 --variants hope,transformer --seeds 1,2
 

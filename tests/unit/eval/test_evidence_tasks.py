@@ -116,3 +116,16 @@ def test_baselines_are_parameter_matched_to_hope():
     for v, c in counts.items():
         assert abs(c["non_embedding"] - target) / target < 0.005, (v, c, target)
     assert counts["titans"]["cms"] > 0 and counts["titans_nocms"]["cms"] == 0 and counts["transformer"]["attention"] > 0
+
+
+def test_clip_figure_draws_every_variant_the_grid_knows(tmp_path):
+    """The report of a grid run with the diagnostic variant (--variants ...,hope_eta1e-3) died here once: the figure
+    ordered variants by its colour table, which lacked the diagnostic."""
+    from benchmarks.evidence import figures
+
+    vs = list(grid.VARIANTS)
+    curves = {v: ([1, 2], [[0.5, 0.6], [0.4, 0.7]]) for v in vs}
+    finals = {t: {v: [0.5, 0.6] for v in vs} for t in ("mqar", "passkey", "classes")}
+    out = figures.clip(str(tmp_path / "clip.png"), curves, finals)
+    assert (tmp_path / "clip.png").stat().st_size > 10_000 and out.endswith("clip.png")
+    assert set(vs) <= set(figures.COLORS)
