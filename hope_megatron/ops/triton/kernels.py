@@ -22,66 +22,9 @@ import triton
 import triton.language as tl
 
 from .chunk_math import (_boundary_bwd, _boundary_bwd_linear, _boundary_fwd, _boundary_fwd_linear, _gates,
-                         _gates_bwd, _l2norm_bwd, _log1p, _mm_nt, _read, _read_bwd, _read_linear, _read_linear_bwd, _rownorm,
-                         _step_bwd, _step_fwd, _unit_lower_inverse)
-
-
-# ------------------------------------------------------------------------------------------------------ tile I/O
-@triton.jit
-def _tile(ptr, O, I, BO: tl.constexpr, BI: tl.constexpr):
-    """[BO, BI] tile of a row-major [O, I] matrix, zero-padded."""
-    o = tl.arange(0, BO)
-    i = tl.arange(0, BI)
-    return tl.load(ptr + o[:, None] * I + i[None, :], mask=(o[:, None] < O) & (i[None, :] < I), other=0.0)
-
-
-@triton.jit
-def _put(ptr, x, O, I, BO: tl.constexpr, BI: tl.constexpr):
-    o = tl.arange(0, BO)
-    i = tl.arange(0, BI)
-    tl.store(ptr + o[:, None] * I + i[None, :], x.to(ptr.dtype.element_ty), mask=(o[:, None] < O) & (i[None, :] < I))
-
-
-@triton.jit
-def _rows(ptr, n, W, BC: tl.constexpr, BW: tl.constexpr, CDT: tl.constexpr):
-    """Rows 0..n−1 of a row-major [*, W] block starting at ptr, as a [BC, BW] tile in the compute dtype."""
-    t = tl.arange(0, BC)
-    c = tl.arange(0, BW)
-    return tl.load(ptr + t[:, None] * W + c[None, :], mask=(t[:, None] < n) & (c[None, :] < W), other=0).to(CDT)
-
-
-@triton.jit
-def _put_rows(ptr, x, n, W, BC: tl.constexpr, BW: tl.constexpr):
-    t = tl.arange(0, BC)
-    c = tl.arange(0, BW)
-    tl.store(ptr + t[:, None] * W + c[None, :], x.to(ptr.dtype.element_ty), mask=(t[:, None] < n) & (c[None, :] < W))
-
-
-@triton.jit
-def _vec(ptr, n, BC: tl.constexpr, CDT: tl.constexpr):
-    t = tl.arange(0, BC)
-    return tl.load(ptr + t, mask=t < n, other=0).to(CDT)
-
-
-@triton.jit
-def _put_vec(ptr, x, n, BC: tl.constexpr):
-    t = tl.arange(0, BC)
-    tl.store(ptr + t, x.to(ptr.dtype.element_ty), mask=t < n)
-
-
-@triton.jit
-def _copy_state(w1_src, w2_src, m1_src, m2_src, w1_dst, w2_dst, m1_dst, m2_dst,
-                D, R, G: tl.constexpr, BD: tl.constexpr, BR: tl.constexpr, DEPTH: tl.constexpr):
-    """Copy one program's state (every memory of the group) between buffers of the same per-program layout."""
-    for g in range(G):
-        if DEPTH == 2:
-            _put(w1_dst + g * D * R, _tile(w1_src + g * D * R, D, R, BD, BR), D, R, BD, BR)
-            _put(w2_dst + g * R * D, _tile(w2_src + g * R * D, R, D, BR, BD), R, D, BR, BD)
-            _put(m1_dst + g * D * R, _tile(m1_src + g * D * R, D, R, BD, BR), D, R, BD, BR)
-            _put(m2_dst + g * R * D, _tile(m2_src + g * R * D, R, D, BR, BD), R, D, BR, BD)
-        else:
-            _put(w1_dst + g * D * D, _tile(w1_src + g * D * D, D, D, BD, BD), D, D, BD, BD)
-            _put(m1_dst + g * D * D, _tile(m1_src + g * D * D, D, D, BD, BD), D, D, BD, BD)
+                         _gates_bwd, _l2norm_bwd, _log1p, _mm_nt, _read, _read_bwd, _read_linear, _read_linear_bwd,
+                         _rownorm, _step_bwd, _step_fwd, _unit_lower_inverse)
+from .tiles import _copy_state, _program, _put, _put_rows, _put_vec, _rows, _tile, _vec
 
 
 # -------------------------------------------------------------------------------------------------- read phase
@@ -333,18 +276,13 @@ def _titans_fwd_kernel(
         IDX_ETA: tl.constexpr, IDX_ALPHA: tl.constexpr, HAS_LAIN: tl.constexpr, SAVE_CK: tl.constexpr,
         STORE_PENDING: tl.constexpr, STORE_F: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr):
     """One program per (sequence, head): every chunk of the layer, in order (module docstring)."""
-    pid = tl.program_id(0).to(tl.int64)
-    h = pid % H
-    msz1 = D * R if DEPTH == 2 else D * D
-    msz2 = R * D if DEPTH == 2 else 1
+    pid, h, msz1, msz2, tok, keep_stride = _program(H, L, D, R, DEPTH)
     w1 = W1 + pid * G * msz1
     w2 = W2 + pid * G * msz2
     m1 = M1 + pid * G * msz1
     m2 = M2 + pid * G * msz2
-    tok = pid * L * D
     beta_b = tl.load(BETA_B + h).to(CDT) if IDX_ETA >= 0 else 0.0
     balpha_b = tl.load(BALPHA + h).to(CDT) if IDX_ALPHA >= 0 else 0.0
-    keep_stride = L * D * tl.num_programs(0).to(tl.int64)
     for j in range(n_chunks):
         t0 = j * C
         n = tl.minimum(C, L - t0)
@@ -386,18 +324,13 @@ def _titans_bwd_kernel(
         IDX_ETA: tl.constexpr, IDX_ALPHA: tl.constexpr, HAS_LAIN: tl.constexpr, HAS_GPEND: tl.constexpr,
         CDT: tl.constexpr, PREC: tl.constexpr):
     """Backward of _titans_fwd_kernel for one (sequence, head); GS* enter holding ∂L/∂S_final, leave holding ∂L/∂S₀."""
-    pid = tl.program_id(0).to(tl.int64)
-    h = pid % H
-    msz1 = D * R if DEPTH == 2 else D * D
-    msz2 = R * D if DEPTH == 2 else 1
+    pid, h, msz1, msz2, tok, keep_stride = _program(H, L, D, R, DEPTH)
     gs1 = GS1 + pid * G * msz1
     gs2 = GS2 + pid * G * msz2
     gsm1 = GSM1 + pid * G * msz1
     gsm2 = GSM2 + pid * G * msz2
-    tok = pid * L * D
     beta_b = tl.load(BETA_B + h).to(CDT) if IDX_ETA >= 0 else 0.0
     balpha_b = tl.load(BALPHA + h).to(CDT) if IDX_ALPHA >= 0 else 0.0
-    keep_stride = L * D * tl.num_programs(0).to(tl.int64)
     c = tl.arange(0, BD)
     t = tl.arange(0, BC)
     acc_weta = tl.zeros([BD], dtype=CDT)
