@@ -8,7 +8,7 @@ Reads a convert_to_torch.py directory (config.json + model.safetensors + the tok
   config.json          the converted config plus model_type "hope", auto_map, the in_proj layout of every memory
                        letter (read from hope_megatron.inference, so the remote code never hard-codes it), token ids,
                        hope_reset_at_eod and eod_token_id (the remote code restarts the memory after each EOD)
-  modeling_hope.py, configuration_hope.py   remote code (hope_megatron/inference/hf/): no megatron, no hope_megatron
+  modeling_hope.py, memory_hope.py, configuration_hope.py   remote code (hope_megatron/inference/hf/): no megatron, no hope_megatron
   tokenizer            SentencePiece -> tokenizer.model + tokenization_hope.py; NullTokenizer -> tokenization_hope.py;
                        GPT-2 BPE -> vocab.json + merges.txt for transformers' GPT2Tokenizer; tokenizer_config.json
   generation_config.json  EOD as eos/pad, so generate stops at the end of a document
@@ -133,7 +133,7 @@ def export_hf(checkpoint: str, output: Optional[str] = None) -> dict:
             if name and os.path.isfile(os.path.join(checkpoint, name)):
                 _place(os.path.join(checkpoint, name), os.path.join(out, name))
     eod = export_tokenizer(checkpoint, out, cfg)
-    for name in ("modeling_hope.py", "configuration_hope.py"):
+    for name in ("modeling_hope.py", "memory_hope.py", "configuration_hope.py"):
         shutil.copy2(os.path.join(remote_dir(), name), os.path.join(out, name))
     cfg.update(model_type="hope", architectures=["HopeForCausalLM"], auto_map=AUTO_MAP,
                in_proj_components=in_proj_layout(cfg), dtype="float32", tie_word_embeddings=False, use_cache=True,

@@ -222,7 +222,7 @@ def test_tokenizers_match_training(exported, tmp_path):
 def test_remote_code_is_self_contained(exported):
     """The files that travel with the checkpoint import only torch, transformers, sentencepiece and the stdlib."""
     allowed = {"__future__", "math", "os", "shutil", "dataclasses", "typing", "torch", "transformers", "sentencepiece"}
-    for name in ("modeling_hope.py", "configuration_hope.py", "tokenization_hope.py"):
+    for name in ("modeling_hope.py", "memory_hope.py", "configuration_hope.py", "tokenization_hope.py"):
         text = open(os.path.join(exported["hope"], name), encoding="utf-8").read()
         assert text == open(os.path.join(REPO, "hope_megatron", "inference", "hf", name), encoding="utf-8").read()
         for node in ast.walk(ast.parse(text)):
