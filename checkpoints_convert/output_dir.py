@@ -3,7 +3,7 @@
 Converting into a directory that already holds a conversion would leave its eval/ results (scores of other weights)
 and possibly another tokenizer beside the new weights. So a non-empty --output is refused with a list of what is there;
 with --overwrite the earlier conversion's own files (model.safetensors, config.json, megatron_args.json, the tokenizer
-files they name, eval/, and temporary files of a killed conversion) are removed after the new weights are loaded, and
+files they name, eval/, what export_hf.py added, and temporary files of a killed conversion) are removed after the new weights are loaded, and
 anything else in the directory is kept and named.
 """
 
@@ -17,6 +17,9 @@ from typing import List
 from hope_megatron.data.output_paths import OutputPathError
 
 OWN = ("model.safetensors", "config.json", "megatron_args.json", "eval")
+# what export_hf.py (convert_to_torch.py --hf) adds: an earlier export's tokenizer must not outlive a re-conversion
+HF_EXPORT = ("modeling_hope.py", "memory_hope.py", "configuration_hope.py", "tokenization_hope.py",
+             "tokenizer_config.json", "generation_config.json", "tokenizer.model", "vocab.json", "merges.txt")
 
 
 def _tokenizer_files(output: str) -> List[str]:
@@ -45,6 +48,6 @@ def previous_conversion(output: str, overwrite: bool) -> List[str]:
         raise OutputPathError(
             f"--output {output} is not empty ({shown}{more}); pass a new or empty directory, or add --overwrite to "
             f"replace the earlier conversion (its weights, config, tokenizer and eval/ results are removed).")
-    own = set(OWN) | set(_tokenizer_files(output))
+    own = set(OWN) | set(HF_EXPORT) | set(_tokenizer_files(output))
     own |= {os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(output), "*.tmp-*"))}
     return [os.path.join(output, e) for e in entries if e in own]

@@ -96,7 +96,8 @@ def converter_worker(load, cases):
 def test_converter_output_checks(trained, converted, toks, a_file, tmp_path):
     old = str(tmp_path / "old")
     os.makedirs(os.path.join(old, "eval"))
-    for name in ("model.safetensors", "config.json", "megatron_args.json", "eval/perplexity.json", "notes.md"):
+    for name in ("model.safetensors", "config.json", "megatron_args.json", "eval/perplexity.json", "notes.md",
+                 "modeling_hope.py", "tokenizer_config.json"):  # the last two: an earlier export_hf.py
         open(os.path.join(old, name), "w").write("{}" if name.endswith(".json") else "stale")
     json.dump({"tokenizer_file": "old_tok.model"}, open(os.path.join(old, "config.json"), "w"))
     open(os.path.join(old, "old_tok.model"), "w").write("stale tokenizer")
@@ -112,9 +113,10 @@ def test_converter_output_checks(trained, converted, toks, a_file, tmp_path):
                           f"about ") and msg.endswith("; free space or choose another location.") and listing is None
     assert res["not empty"] == (
         f"convert_to_torch: --output {old} is not empty (config.json, eval/, megatron_args.json, model.safetensors, "
-        f"notes.md, old_tok.model); pass a new or empty directory, or add --overwrite to replace the earlier "
+        f"modeling_hope.py, notes.md and 2 more); pass a new or empty directory, or add --overwrite to replace the earlier "
         f"conversion (its weights, config, tokenizer and eval/ results are removed).",
-        ["config.json", "eval", "megatron_args.json", "model.safetensors", "notes.md", "old_tok.model"])
+        ["config.json", "eval", "megatron_args.json", "model.safetensors", "modeling_hope.py", "notes.md",
+         "old_tok.model", "tokenizer_config.json"])
     new_tok = os.path.basename(toks[400])
     assert res["overwrite"] == (None, sorted(["config.json", "megatron_args.json", "model.safetensors", "notes.md",
                                               new_tok]))
