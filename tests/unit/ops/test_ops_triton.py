@@ -35,6 +35,7 @@ def run(cfg, impl, dtype=F64, B=1, H=2, L=11, d=4, training=False, return_state=
     leaves = {"x": x.requires_grad_(), "q": q.requires_grad_(),
               **{f"static_{c}": t.requires_grad_() for c, t in static.items()}, **params}
     torch.manual_seed(7)                                              # the same update-dropout draws for both forms
+    tri.LAUNCHES.clear()
     out = titans_memory(x, q, params, cfg, static=static or None, impl=impl, return_state=return_state,
                         training=training)
     y, state = out if return_state else (out, None)
@@ -49,6 +50,8 @@ def run(cfg, impl, dtype=F64, B=1, H=2, L=11, d=4, training=False, return_state=
                     tensors[f"{kind}.{m}.{i}"] = w
         tensors.update({f"pending.{c}": t for c, t in state.pending.items()})
     grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+    if impl == "triton":  # a silent fallback would compare the chunked form with itself
+        assert tri.LAUNCHES["titans_fwd"] == 1 and tri.LAUNCHES["titans_bwd"] == 1, dict(tri.LAUNCHES)
     out = {n: t.detach() for n, t in tensors.items()}
     out.update({f"grad.{n}": g for n, g in zip(leaves, grads) if g is not None})
     return out
@@ -182,6 +185,9 @@ def test_saved_bytes_match_the_formula():
     kept = sum(seen.values()) - sum(t.untyped_storage().nbytes() for t in params.values()
                                     if t.untyped_storage().data_ptr() in seen)
     assert kept == tri.saved_bytes(cfg, B, H, L, d, input_bytes=4, training=True)
+    # issue 14's target: <= 64 MiB per layer and sequence at the pilot shape (L 2048, H 8, d_h 64, C 8, bf16 inputs)
+    pilot = TitansOpConfig(chunk_size=8, inner_clip=0.3, update_dropout=0.2)
+    assert tri.saved_bytes(pilot, 1, 8, 2048, 64, input_bytes=2, training=True) == 48 * 2**20 <= 64 * 2**20
 
 
 def test_unsupported_settings_fall_back_with_one_line(caplog):
