@@ -147,8 +147,8 @@ def build_state_dict(model, optimizer, scheduler, gate, iteration, consumed, arg
         sd["optimizer"] = optimizer.sharded_state_dict(merged, is_loading=loading, metadata=OPTIMIZER_METADATA)
     if scheduler is not None:
         sd["opt_param_scheduler"] = scheduler.state_dict()
-    if gate is not None and gate.entries:
-        sd["cms_accumulators"] = gate.sharded_accumulators(merged)
+    if gate is not None and gate.cms_params:  # not gate.entries: a distributed-optimizer rank may hold no CMS slice,
+        sd["cms_accumulators"] = gate.sharded_accumulators(merged)  # but it joins the DP all-reduce all the same
     sd["cms"] = gate.state_dict() if gate is not None else None
     sd["iteration"] = iteration
     sd["consumed_train_samples"] = consumed
@@ -249,7 +249,7 @@ def load_checkpoint(root, model, optimizer, scheduler, gate, args):
                           loading=True)
     if not load_optim:
         sd.pop("opt_param_scheduler", None)
-    if args.finetune or not (gate is not None and gate.entries):
+    if args.finetune or not (gate is not None and gate.cms_params):
         sd.pop("cms_accumulators", None)
     if load_optim and not same_layout:
         advice = (f"its optimizer state was saved at TP={saved.get('tensor_model_parallel_size')}, PP="
