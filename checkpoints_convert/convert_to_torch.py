@@ -122,6 +122,7 @@ def build_template(args: dict, vocab: int, padded: Optional[int] = None):
 def model_config_json(config, ns, vocab: int) -> dict:
     """config.json: what hope_megatron.inference needs to rebuild the function, nothing about parallelism."""
     from hope_megatron.config import MEMORY_LETTERS, hope_fields
+    from hope_megatron.inference.model import CONVERTED_FORMAT
 
     out = {f: getattr(config, f) for f in MODEL_FIELDS}
     out.update({f.name: getattr(config, f.name) for f in hope_fields()})
@@ -132,7 +133,7 @@ def model_config_json(config, ns, vocab: int) -> dict:
                vocab_size=vocab, seq_length=int(ns.seq_length), max_position_embeddings=int(ns.max_position_embeddings),
                rotary_base=int(ns.rotary_base), share_embeddings_and_output_weights=not ns.untie_embeddings_and_output_weights,
                op_configs={c: dataclasses.asdict(config.to_op_config(c)) for c in sorted(set(letters) & set(MEMORY_LETTERS))},
-               tokenizer_type=ns.tokenizer_type, format_version=2)  # 2: no dead x̃ rows (issue 16)
+               tokenizer_type=ns.tokenizer_type, format_version=CONVERTED_FORMAT)
     # the EOD id the training data used: inference resets the memory after it under hope_reset_at_eod
     out["eod_token_id"] = getattr(ns, "eod_token_id", None)
     if config.hope_reset_at_eod and out["eod_token_id"] is None:
@@ -220,7 +221,7 @@ def convert(load: str, output: str, iteration: Optional[int] = None, overwrite: 
         from hope_megatron.data.output_paths import enospc_message
 
         fail((enospc_message(output, e) or f"writing {output} failed ({e})") + "; the files written so far are "
-             f"incomplete, re-run the conversion.")
+             "incomplete, re-run the conversion.")
     return cfg
 
 

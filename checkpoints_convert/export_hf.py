@@ -125,6 +125,8 @@ def export_tokenizer(src: str, out: str, cfg: dict) -> Optional[int]:
 
 def export_hf(checkpoint: str, output: Optional[str] = None) -> dict:
     """Write the transformers files for `checkpoint` into `output` (default: in place). Returns the config written."""
+    from hope_megatron.inference.model import CONVERTED_FORMAT, converted_state_dict
+
     cfg = _read_source(checkpoint)
     out = output or checkpoint
     os.makedirs(out, exist_ok=True)
@@ -133,6 +135,14 @@ def export_hf(checkpoint: str, output: Optional[str] = None) -> dict:
             if name and os.path.isfile(os.path.join(checkpoint, name)):
                 _place(os.path.join(checkpoint, name), os.path.join(out, name))
     eod = export_tokenizer(checkpoint, out, cfg)
+    sd, changed = converted_state_dict(checkpoint, cfg)
+    if changed:  # an older conversion (dead x̃ rows) or padded vocabulary rows: the remote code reads today's layout
+        from safetensors.torch import save_file
+
+        tmp = os.path.join(out, "model.safetensors.tmp")
+        save_file({k: v.contiguous() for k, v in sd.items()}, tmp)
+        os.replace(tmp, os.path.join(out, "model.safetensors"))  # replaces a hard link to the source, never its data
+        cfg["format_version"] = CONVERTED_FORMAT
     for name in ("modeling_hope.py", "memory_hope.py", "configuration_hope.py"):
         shutil.copy2(os.path.join(remote_dir(), name), os.path.join(out, name))
     cfg.update(model_type="hope", architectures=["HopeForCausalLM"], auto_map=AUTO_MAP,

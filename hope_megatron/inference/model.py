@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,9 @@ from torch import nn
 
 from hope_megatron.inference.layers import HopeLayer, make_norm
 from hope_megatron.ops import TitansOpConfig
+
+# config.json format_version that convert_to_torch.py writes; 1 held dead x̃ rows (drop_dead_x_rows, issue 16)
+CONVERTED_FORMAT = 2
 from hope_megatron.ops.documents import document_starts
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
@@ -159,21 +162,31 @@ def load_model(path: str, dtype: torch.dtype = torch.float32, device="cpu") -> H
     """The converted model in `path` (config.json + model.safetensors), in eval mode. Its vocabulary is config.json's
     `vocab_size` (the tokenizer's): tables saved with more rows (megatron's TP padding) are cut to it, so no padding
     row ever takes probability mass in a logit."""
-    from safetensors.torch import load_file
-
     cfg = read_config(path)
     model = HopeLM(cfg)
-    sd = load_file(os.path.join(path, WEIGHTS_NAME))
-    if int(cfg.get("format_version", 1)) < 2:
-        sd = drop_dead_x_rows(sd, cfg)
-    for key in VOCAB_TABLES:  # rows past the vocabulary (megatron's TP padding) never reach a logit
-        if key in sd and sd[key].shape[0] > cfg["vocab_size"]:
-            sd[key] = sd[key][:cfg["vocab_size"]]
+    sd, _ = converted_state_dict(path, cfg)
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise ValueError(f"{path}/{WEIGHTS_NAME} does not match its config.json (missing {missing[:4]}, unexpected "
                          f"{unexpected[:4]}); re-run convert_to_torch.py.")
     return model.to(device=device, dtype=dtype).eval()
+
+
+def converted_state_dict(path: str, cfg: dict) -> Tuple[dict, bool]:
+    """(the weights of `path` in today's layout, whether that differs from the file): a format-1 directory's dead x̃
+    rows dropped, and the vocabulary tables cut to config.json's `vocab_size` (rows past it are megatron's TP
+    padding, which never reach a logit). load_model and export_hf.py (the transformers files) read weights here."""
+    from safetensors.torch import load_file
+
+    sd = load_file(os.path.join(path, WEIGHTS_NAME))
+    changed = int(cfg.get("format_version", 1)) < CONVERTED_FORMAT
+    if changed:
+        sd = drop_dead_x_rows(sd, cfg)
+    for key in VOCAB_TABLES:
+        if key in sd and sd[key].shape[0] > cfg["vocab_size"]:
+            sd[key] = sd[key][:cfg["vocab_size"]]
+            changed = True
+    return sd, changed
 
 
 def drop_dead_x_rows(sd: dict, cfg: dict) -> dict:

@@ -305,3 +305,43 @@ def test_export_refuses_what_is_not_a_converted_checkpoint(tmp_path):
                                          r"model could not find the document starts; re-run convert_to_torch.py"):
         export_hf.main(["--checkpoint", str(tmp_path)])
     assert not (tmp_path / "modeling_hope.py").exists()  # nothing written before the checks
+
+
+def test_older_and_padded_conversions_export_to_the_same_function(tmp_path):
+    """A directory hope_megatron.inference loads must export too: one converted before issue 16 (format_version 1,
+    dead x̃ rows in a Titans layer's in_proj and conv) whose vocabulary tables also carry 4 padding rows. The export
+    writes today's layout into its output (the source file untouched) and transformers gives load_model's logits;
+    from_pretrained refused it with a size mismatch before."""
+    from safetensors.torch import load_file, save_file
+
+    from checkpoints_convert import export_hf
+    from hope_megatron.inference import load_model
+    from hope_megatron.inference.model import VOCAB_TABLES
+
+    os.environ.setdefault("HF_MODULES_CACHE", str(tmp_path / "modules"))
+    cfg = tiny_config("titans", layers=2, vocab=VOCAB)
+    src, out = str(tmp_path / "old"), str(tmp_path / "hf")
+    _write_converted(src, cfg, 3, None)
+    weights = os.path.join(src, "model.safetensors")
+    sd = load_file(weights)
+    rows = cfg["memory_heads"] * cfg["memory_head_dim"]
+    for i in range(2):
+        for name in ("in_proj.weight", "conv_weight"):
+            key = f"decoder.layers.{i}.self_attention.{name}"
+            sd[key] = torch.cat([torch.randn(rows, *sd[key].shape[1:]), sd[key]])
+    for key in VOCAB_TABLES:
+        if key in sd:
+            sd[key] = torch.cat([sd[key], torch.randn(4, sd[key].shape[1])])
+    save_file(sd, weights)
+    old = json.load(open(os.path.join(src, "config.json")))
+    json.dump(dict(old, format_version=1), open(os.path.join(src, "config.json"), "w"))
+    before = open(weights, "rb").read()
+
+    export_hf.export_hf(src, out)
+    assert open(weights, "rb").read() == before and json.load(open(os.path.join(out, "config.json")))[
+        "format_version"] == 2
+    t = _tokens()
+    with torch.no_grad():
+        want = load_model(src)(t)
+        assert _rel(_load(out)(t).logits, want) <= 1e-5
+        assert _rel(load_model(out)(t), want) <= 1e-6
