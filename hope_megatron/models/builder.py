@@ -41,8 +41,10 @@ class HopeGPTModel(GPTModel):
         start = 0 if n == self.vocab_size else parallel_state.get_tensor_model_parallel_rank() * n
         if start + n <= self.real_vocab_size:
             return logits
-        pad = torch.arange(start, start + n, device=logits.device) >= self.real_vocab_size
-        return logits.masked_fill(pad, float("-inf"))
+        # the padding columns are the last ones: filled in place, no copy of the largest activation (the output
+        # layer's backward keeps its input and weight, not its output)
+        logits[..., max(self.real_vocab_size - start, 0):].fill_(float("-inf"))
+        return logits
 
     def compute_language_model_loss(self, labels, logits):
         return super().compute_language_model_loss(labels, self.mask_padded_logits(logits))
