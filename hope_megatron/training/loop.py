@@ -95,7 +95,7 @@ def _memory_state_norms(model) -> dict:
     return out
 
 
-def _clip_stats(model, device=None):
+def _clip_stats(model):
     """Per layer (this rank's mixers) {name: (hit rate, mean clip scale)} of the inner chunk clip since the last call,
     and the world-wide (hits, writes, scale sum) for the log line; resets the mixers' totals (hope_math §10 #17)."""
     per_layer, total = {}, torch.zeros(3, dtype=torch.float64)
@@ -108,9 +108,8 @@ def _clip_stats(model, device=None):
                 if writes > 0:
                     per_layer[name.replace("module.", "")] = (hits / writes, scale / writes)
                     total += torch.tensor([hits, writes, scale], dtype=torch.float64)
-    if dist.is_initialized():  # layers of every stage, heads of every TP rank, data of every DP rank
-        total = total.to(device) if device is not None else total  # nccl reduces device tensors only
-        dist.all_reduce(total)
+    if dist.is_initialized():  # layers of every stage, heads of every TP rank, data of every DP rank (a host tensor:
+        dist.all_reduce(total)  # the process group is cpu:gloo,cuda:nccl, platform.py)
     return per_layer, tuple(float(v) for v in total.cpu())
 
 
@@ -253,7 +252,7 @@ def pretrain(args, level_of=None, hooks=None) -> dict:
                                  loss=mean_loss, grad_norm=grad_norm, skipped=skipped_total, **rates)
             if args.log_memory_state_norms:
                 tb.memory_norms(iteration, _memory_state_norms(model))
-                per_layer, (hits, writes, scale) = _clip_stats(model, device)
+                per_layer, (hits, writes, scale) = _clip_stats(model)
                 for name, (rate, mean_scale) in per_layer.items():
                     tb.scalar(f"inner-clip-hit-rate/{name}", rate, iteration)
                     tb.scalar(f"inner-clip-scale/{name}", mean_scale, iteration)

@@ -316,6 +316,7 @@ def main(argv=None) -> int:
         return 2
     from hope_megatron.training.arguments import parse_args
     from hope_megatron.training.model_setup import build_config
+    from hope_megatron.training.data import padded_vocab_size
 
     try:
         args = parse_args(train + (["--mock-data"] if "--mock-data" not in train else []))
@@ -327,9 +328,8 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    vocab = args.vocab_size or 32000
-    vocab = -(-vocab // (args.make_vocab_size_divisible_by * args.tensor_model_parallel_size)) * \
-        args.make_vocab_size_divisible_by * args.tensor_model_parallel_size
+    vocab = padded_vocab_size(args.vocab_size or 32000, args.make_vocab_size_divisible_by,
+                              args.tensor_model_parallel_size)
     layout = layout_from_args(args, a.world_size, on_cuda=not a.cpu)
     lines, refusal = report(config, layout, vocab, not args.untie_embeddings_and_output_weights, limit)
     print("\n".join(lines))
