@@ -9,7 +9,6 @@ their non-embedding parameters match HOPE's (the embedding tables are the same f
 from __future__ import annotations
 
 import copy
-import dataclasses  # noqa: F401  (asdict is the spec format, see grid_from_dict)
 from dataclasses import dataclass, field
 from typing import Dict, List
 

@@ -170,7 +170,7 @@ def main(path: str) -> None:
     grid = grid_from_dict(spec["grid"])
     work = spec["work"]
     os.makedirs(work, exist_ok=True)
-    result = {"variant": spec["variant"], "seed": spec["seed"], "times": {}}
+    result = {"variant": spec["variant"], "seed": spec["seed"], "grid_hash": spec["grid_hash"], "times": {}}
     for name, fn in (("mqar", run_mqar), ("passkey", run_passkey), ("classes", run_classes)):
         t0 = time.time()
         result[name] = fn(spec, grid, work)

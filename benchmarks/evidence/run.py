@@ -147,13 +147,7 @@ def _schedule(pending: list, running: list, failed: list, jobs: int, env: dict) 
             ok = proc.returncode == 0 and os.path.isfile(spec["output"])
             print(f"[evidence] {'finished' if ok else 'FAILED'} {spec['variant']} seed {spec['seed']} in "
                   f"{time.time() - t0:.0f} s", flush=True)
-            if ok:
-                with open(spec["output"], encoding="utf-8") as f:
-                    res = json.load(f)
-                res["grid_hash"] = spec["grid_hash"]
-                with open(spec["output"], "w", encoding="utf-8") as f:
-                    json.dump(res, f)
-            else:
+            if not ok:
                 failed.append(spec)
 
 
