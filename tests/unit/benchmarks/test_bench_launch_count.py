@@ -54,10 +54,8 @@ def test_counting_machinery():
     for phase in ("fwd", "bwd"):
         fixed, slope, affine = r["fits"][phase]
         assert affine and slope > 100 and fixed + 16 * slope == r["per_layer"][phase]
-    # a triton path that launches no kernel is reported as a fallback (with the reason), never counted as the kernel
+    # under the interpreter the kernels run: counted as Triton launches, never reported as a fallback
     t = r["triton"]
-    if t["fell_back"]:
-        assert set(t) == {"fell_back"} and len(t["fell_back"]) > 10, t  # the reason, in words
-    else:
-        assert t["fwd_triton"] > 0 and t["bwd_triton"] > 0 and sum(t["kernels"].values()) == t["fwd_triton"] + \
-            t["bwd_triton"], t
+    assert not t.get("fell_back"), t
+    assert t["fwd_triton"] > 0 and t["bwd_triton"] > 0 and sum(t["kernels"].values()) == t["fwd_triton"] + \
+        t["bwd_triton"], t
