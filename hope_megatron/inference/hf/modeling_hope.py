@@ -337,6 +337,10 @@ class HopeForCausalLM(PreTrainedModel, GenerationMixin):
         mask = attention_mask[:, -n:].bool() if attention_mask is not None else None
         if (cache is not None and cache.rows is not None) or (mask is not None and not bool(mask.all())):
             # a padded batch: each row streams its real tokens only (pads never enter a memory or a KV cache)
+            if cache is not None and cache.rows is None and b > 1:
+                raise ValueError("this cache holds one state for the whole batch (it came from a call without "
+                                 "padding), so a padded attention_mask cannot continue it row by row; pass the same "
+                                 "attention_mask from the first call on.")
             rows = cache.rows if cache is not None and cache.rows is not None else \
                 [cache if cache is not None and b == 1 else None for _ in range(b)]
             logits, new_rows = None, []

@@ -180,6 +180,17 @@ def test_padded_batch_equals_rows_alone(exported, case):
                                                                                                                   len(row):])
 
 
+def test_a_whole_batch_cache_refuses_a_padded_continuation(exported):
+    """A cache from an unpadded batch holds one state for all rows; a padded call cannot split it per row (it used to
+    restart every row from the meta-init state, silently)."""
+    hf = _load(exported["hope"])
+    t = _tokens(9, 2)
+    with torch.no_grad():
+        cache = hf(t, use_cache=True).cache
+        with pytest.raises(ValueError, match="holds one state for the whole batch"):
+            hf(t[:, :3], attention_mask=torch.tensor([[0, 1, 1], [1, 1, 1]]), cache=cache, use_cache=True)
+
+
 def test_tokenizers_match_training(exported, tmp_path):
     from transformers import AutoTokenizer
 
