@@ -12,9 +12,6 @@ from typing import Dict, List
 TASKS = ("piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "siqa", "boolq")
 # split read per task: ARC is reported on test (what lm-eval reports), the others on validation
 SPLITS = {"arc_easy": "test", "arc_challenge": "test"}
-LABELS = {"piqa": "PIQA", "hellaswag": "Hella", "winogrande": "Wino", "arc_easy": "ARC-e", "arc_challenge": "ARC-c",
-          "siqa": "SIQA", "boolq": "BoolQ"}
-ACC_NORM = {"piqa", "hellaswag", "arc_easy", "arc_challenge"}  # lm-eval reports acc_norm for these
 
 
 def _hs_pre(text: str) -> str:
